@@ -1,0 +1,1 @@
+"""ultramae_monai.transforms."""
