@@ -1,1 +1,5 @@
-"""ultramae_monai.confmap."""
+"""Ultrasound confidence maps (Karamalis et al., MedIA 2012): MONAI's model, exact, on 2D/3D grids."""
+
+from ultramae_monai.confmap.api import BACKENDS, ConfMapParams, confidence_map, solve_confidence_map
+
+__all__ = ["BACKENDS", "ConfMapParams", "confidence_map", "solve_confidence_map"]

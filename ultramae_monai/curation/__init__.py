@@ -7,5 +7,17 @@ from ultramae_monai.curation.manifest import (
     read_manifest,
     write_manifest,
 )
+from ultramae_monai.curation.options import CurationOptions, load_options
+from ultramae_monai.curation.pipeline import CurationReport, run_curation
 
-__all__ = ["ManifestRecord", "append_records", "iter_manifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "CurationOptions",
+    "CurationReport",
+    "ManifestRecord",
+    "append_records",
+    "iter_manifest",
+    "load_options",
+    "read_manifest",
+    "run_curation",
+    "write_manifest",
+]

@@ -10,14 +10,33 @@ from ultramae_monai.data.convention import (
     make_metatensor,
     spatial_affine,
 )
+from ultramae_monai.data.dicom_reader import UltrasoundDicomReader, read_dicom
+from ultramae_monai.data.image_reader import UltrasoundImageReader, read_image
+from ultramae_monai.data.load import SUPPORTED_SUFFIXES, UltrasoundReader, load_ultrasound, source_type
+from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, UltrasoundVideoReader, probe_video, read_video
+from ultramae_monai.data.volume_reader import UltrasoundVolumeReader, read_volume
 
 __all__ = [
     "KIND_CINE",
     "KIND_STILL",
     "KIND_VOLUME",
     "LAYOUTS",
+    "SUPPORTED_SUFFIXES",
+    "VIDEO_SUFFIXES",
     "MetaKeys",
+    "UltrasoundDicomReader",
+    "UltrasoundImageReader",
+    "UltrasoundReader",
+    "UltrasoundVideoReader",
+    "UltrasoundVolumeReader",
     "kind_of",
+    "load_ultrasound",
     "make_metatensor",
+    "probe_video",
+    "read_dicom",
+    "read_image",
+    "read_video",
+    "read_volume",
+    "source_type",
     "spatial_affine",
 ]

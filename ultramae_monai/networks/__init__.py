@@ -1,1 +1,42 @@
-"""ultramae_monai.networks."""
+"""ultramae_monai.networks: the UltraMAE tubelet ViT, its masking, downstream heads and weight interop."""
+
+from ultramae_monai.networks.heads import AttentivePooler, UltraMAEClassifier, UltraMAESegmenter
+from ultramae_monai.networks.interop import (
+    LoadReport,
+    load_mae_weights,
+    load_monai_mae_weights,
+    mae_state_dict,
+    monai_vit_state_dict,
+    to_monai_unetr,
+    to_monai_vit,
+)
+from ultramae_monai.networks.masking import MaskSample, sample_mask, token_confidence, token_validity
+from ultramae_monai.networks.pos_embed import SpatioTemporalPosEmbed, sincos_1d, sincos_2d
+from ultramae_monai.networks.presets import ENCODER_PRESETS, PRETRAINING_RECIPES
+from ultramae_monai.networks.tubelet_vit import TubeletEmbed, UltraMAEEncoder
+from ultramae_monai.networks.ultramae import UltraMAE
+
+__all__ = [
+    "ENCODER_PRESETS",
+    "PRETRAINING_RECIPES",
+    "AttentivePooler",
+    "LoadReport",
+    "MaskSample",
+    "SpatioTemporalPosEmbed",
+    "TubeletEmbed",
+    "UltraMAE",
+    "UltraMAEClassifier",
+    "UltraMAEEncoder",
+    "UltraMAESegmenter",
+    "load_mae_weights",
+    "load_monai_mae_weights",
+    "mae_state_dict",
+    "monai_vit_state_dict",
+    "sample_mask",
+    "sincos_1d",
+    "sincos_2d",
+    "to_monai_unetr",
+    "to_monai_vit",
+    "token_confidence",
+    "token_validity",
+]

@@ -1,1 +1,24 @@
 """ultramae_monai.transforms."""
+
+from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
+from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.scan_region import (
+    REGIONS_META_KEY,
+    ScanRegion,
+    ScanRegiond,
+    apply_fov,
+    regions_from_meta,
+)
+
+__all__ = [
+    "REGIONS_META_KEY",
+    "ScanRegion",
+    "ScanRegiond",
+    "UltrasoundConfidenceMap",
+    "UltrasoundConfidenceMapd",
+    "apply_fov",
+    "detect_fov_mask",
+    "fov_box",
+    "regions_from_meta",
+    "regions_mask",
+]

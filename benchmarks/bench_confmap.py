@@ -1,0 +1,122 @@
+"""Confidence maps: MONAI's UltrasoundConfidenceMapTransform vs ultramae_monai, side by side in one run.
+
+Usage: ``python benchmarks/bench_confmap.py [--write]`` (``--write`` fills the ``confmap`` section of
+docs/benchmarks.md). Each size runs MONAI and ours interleaved (ours best of 3, MONAI once), so a busy
+shared CPU affects both alike; the ratio is the number to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import UltrasoundConfidenceMapTransform
+from PIL import Image
+
+from ultramae_monai.confmap import confidence_map
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def _grey(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    img = Image.open(path).convert("L")
+    return np.asarray(img.resize(size, Image.BILINEAR) if size else img)
+
+
+def _cases() -> list[tuple[str, np.ndarray, float]]:
+    ref = DATA / "confmap_reference"
+    hc = DATA / "hc18" / "images" / "010_HC.png"
+    return [
+        ("BUSI 256x256", _grey(DATA / "busi" / "benign" / "benign (10).png", (256, 256)), 0.05),
+        ("femur 512x476", _grey(ref / "femur_input.png"), 0.06),
+        ("neck 597x568", _grey(ref / "neck_input.png"), 0.03),
+        ("HC18 540x800", _grey(hc), 0.05),
+        ("HC18 768x1024 (resized)", _grey(hc, (1024, 768)), 0.05),
+    ]
+
+
+def _time(fn, reps: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_2d() -> list[str]:
+    rows = ["| image | pixels | MONAI (s) | ours (s) | ratio | max abs diff |", "|---|---|---|---|---|---|"]
+    for name, img, gamma in _cases():
+        monai_t = UltrasoundConfidenceMapTransform(alpha=2.0, beta=90.0, gamma=gamma, sink_mode="all")
+        t_m, ref = _time(lambda m=monai_t, x=img: m(x[None]), 1)
+        t_o, out = _time(lambda x=img, g=gamma: confidence_map(x, alpha=2.0, beta=90.0, gamma=g), 3)
+        diff = float(np.abs(np.asarray(out) - np.asarray(ref)).max())
+        line = f"| {name} | {img.size} | {t_m:.2f} | {t_o:.2f} | {t_m / t_o:.1f}x | {diff:.1e} |"
+        print(line, flush=True)
+        rows.append(line)
+    return rows
+
+
+def bench_3d() -> list[str]:
+    import nibabel as nib
+
+    vol = np.asarray(nib.load(DATA / "resect_3dus" / "Case3_US-before.nii.gz").dataobj, dtype=np.float32)
+    rows = ["| volume | voxels | connectivity | ours (s) |", "|---|---|---|---|"]
+    for step in (8, 6, 4):
+        sub = vol[::step, ::step, ::step]
+        for conn in (6, 14):
+            t, _ = _time(lambda s=sub, c=conn: confidence_map(s, connectivity=c), 1)
+            line = f"| RESECT Case3 every {step}th voxel {sub.shape} | {sub.size} | {conn} | {t:.2f} |"
+            print(line, flush=True)
+            rows.append(line)
+    return rows
+
+
+def bench_cine() -> list[str]:
+    from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map
+    from ultramae_monai.data.load import load_ultrasound
+
+    clip = load_ultrasound(sorted((DATA / "pocus").rglob("*.mp4"))[0], max_frames=6)
+    frames = [np.asarray(Image.fromarray(f.numpy().astype(np.uint8)).resize((128, 128))) for f in clip[0]]
+    params = ConfMapParams(gamma=0.3, backend="multigrid", tol=1e-10)
+    cold = [solve_confidence_map(f.astype(np.float64), params)[1].iterations for f in frames]
+    warm, prev = [], None
+    for f in frames:
+        prev, info = solve_confidence_map(f.astype(np.float64), params, x0=prev)
+        warm.append(info.iterations)
+    line = f"| POCUS clip, 6 frames 128x128, gamma 0.3, multigrid | {sum(cold)} | {sum(warm)} |"
+    print(line, flush=True)
+    return ["| cine | CG iterations cold | warm-started |", "|---|---|---|", line]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.*)", cpu)
+    head = (
+        f"Machine: {model.group(1) if model else platform.processor()}, 2 cores, torch {torch.__version__}; "
+        "the CPU was shared with other jobs during the run (load average 4-8), so absolute times are "
+        "inflated; MONAI and ours ran interleaved, read the ratios."
+    )
+    print(head)
+    body = [head, "", "### 2D, default solver (nested-dissection SuperLU), sink 'all'", "", *bench_2d()]
+    body += ["", "### 3D (direct solver)", "", *bench_3d(), "", "### Cine warm start", "", *bench_cine()]
+    if args.write:
+        doc = REPO / "docs" / "benchmarks.md"
+        text = doc.read_text()
+        start, end = "<!-- section: confmap -->", "<!-- /section: confmap -->"
+        i, j = text.index(start) + len(start), text.index(end)
+        doc.write_text(text[:i] + "\n## Confidence maps\n\n" + "\n".join(body) + "\n" + text[j:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""End-to-end curation over a small real subset: HC18 and BUSI images, two short POCUS videos, the
+deid-data DICOMs (with real PHI in their headers), a cropped RESECT volume, and planted corrupt files.
+
+Checks: counts and quarantine report; arrays, dtypes and masks as the manifest says; no PHI anywhere
+in OUT (every identifying header value and every source file/folder name is grepped for, in the raw
+bytes of every file, arrays included) nor in what the run printed; a re-run redoes nothing; a run
+killed between the manifest and the ledger resumes without duplicates; patient-grouped split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ultramae_monai.curation.manifest import read_manifest
+from ultramae_monai.curation.options import CurationOptions
+from ultramae_monai.curation.pipeline import MANIFEST_NAME, run_curation
+from ultramae_monai.curation.quarantine import locate, read_quarantine
+from ultramae_monai.curation.walk import find_sources
+
+SALT = "test-salt-0123456789abcdef0123456789"
+PHI_VRS = {"PN", "DA", "DT", "TM", "UI", "LO", "SH", "LT", "ST", "AS"}
+PHI_GROUPS = {0x0008, 0x0010, 0x0020, 0x0032, 0x0038, 0x0040}  # study, patient, ids, visit, procedure
+HC18_EXAM = r"(\d{3})_\d?HC\.png$"
+OPTS = dict(
+    workers=2,
+    max_side=64,
+    confidence=True,
+    clips_per_cine=1,
+    frames_per_cine=3,
+    val_fraction=0.5,
+    group_regex=HC18_EXAM,
+)
+
+
+def _deid_dir() -> Path:
+    deid_data = pytest.importorskip("deid_data")
+    d = Path(deid_data.__file__).parent / "data" / "ultrasounds"
+    if not d.is_dir():
+        pytest.skip("deid-data has no ultrasounds folder")
+    return d
+
+
+def _build_tree(root: Path, shared: Path) -> dict[str, int]:
+    """The subset, plus 4 corrupt files, 1 non-image file and 1 label mask (excluded by name)."""
+    import nibabel as nib
+
+    (root / "hc18").mkdir(parents=True)
+    for name in ("010_HC.png", "010_2HC.png", "001_HC.png"):
+        shutil.copy(shared / "hc18" / "images" / name, root / "hc18" / name)
+    (root / "hc18" / "annotations").mkdir()
+    shutil.copy(shared / "hc18" / "annotations" / "001_HC_Annotation.png", root / "hc18" / "annotations")
+    phi_folder = root / "ZZZDOWNTIME^MARY 19850306"  # PHI in folder and file names must never reach OUT
+    phi_folder.mkdir()
+    shutil.copy(shared / "busi" / "benign" / "benign (3).png", phi_folder / "DOE_JOHN_40404040404.png")
+    shutil.copy(shared / "busi" / "malignant" / "malignant (1).png", root / "malignant (1).png")
+    (root / "pocus").mkdir()
+    videos = sorted((shared / "pocus" / "pocus_videos").rglob("*_liftl_pneu_case3_clip3.mp4"))
+    videos += sorted((shared / "pocus" / "pocus_videos").rglob("*Basal-pneumonia-RUQ_crop.mp4"))
+    for v in videos[:2]:
+        shutil.copy(v, root / "pocus" / v.name)
+    deid = root / "dicom"
+    deid.mkdir()
+    for f in sorted(_deid_dir().glob("*.dcm")):
+        shutil.copy(f, deid / f.name)
+    with zipfile.ZipFile(_deid_dir() / "GREYSCALE_CINE.zip") as z:
+        z.extractall(deid)
+    img = nib.load(shared / "resect_3dus" / "Case3_US-before.nii.gz")
+    vol = np.asarray(img.dataobj[96:160, 96:160, 112:176], dtype=np.float32)
+    (root / "resect").mkdir()
+    nib.save(nib.Nifti1Image(vol, img.affine), root / "resect" / "case3_crop.nii.gz")
+    # corrupt files: each must land in the quarantine report and not stop the run
+    (root / "bad").mkdir()
+    (root / "bad" / "empty.dcm").write_bytes(b"")
+    data = videos[0].read_bytes()
+    (root / "bad" / "truncated.mp4").write_bytes(data[: len(data) // 50])
+    (root / "bad" / "noise.png").write_bytes(np.random.default_rng(0).bytes(4096))
+    vol[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(vol, img.affine), root / "bad" / "nan.nii.gz")
+    (root / "notes.txt").write_text("not an image")
+    return {"supported": 3 + 2 + len(videos[:2]) + len(list(deid.glob("*.dcm"))) + 1 + 4, "ignored": 2}
+
+
+def _phi_values(dicoms: list[Path]) -> set[str]:
+    """Every identifying value of the headers: person names, dates, UIDs, ids, institution, texts."""
+    import pydicom
+
+    values: set[str] = set()
+    for f in dicoms:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for el in ds.iterall():
+            if el.VR not in PHI_VRS or el.tag.group not in PHI_GROUPS | {g for g in [el.tag.group] if g % 2}:
+                continue
+            vals = el.value if isinstance(el.value, (list, pydicom.multival.MultiValue)) else [el.value]
+            for v in vals:
+                s = str(v).strip()
+                if s and not s.startswith("1.2.840.10008."):  # DICOM standard class UIDs identify nobody
+                    values.add(s)
+                    values.update(p for p in re.split(r"[\^\r\n]", s) if len(p.strip()) >= 4)
+    return values
+
+
+@pytest.fixture(scope="module")
+def curated(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("curate")
+    src, out = base / "src", base / "out"
+    counts = _build_tree(src, shared_data)
+    opts = CurationOptions(**OPTS)
+    report = run_curation(src, out, opts, salt=SALT, progress=False)
+    return {"src": src, "out": out, "report": report, "counts": counts, "opts": opts}
+
+
+def test_counts_and_quarantine(curated):
+    r, counts = curated["report"], curated["counts"]
+    assert r.files_seen == counts["supported"] and r.files_ignored == counts["ignored"]
+    assert r.quarantined == 4 and r.curated == counts["supported"] - 4 and r.skipped_done == 0
+    q = read_quarantine(curated["out"])
+    assert sorted(e.suffix for e in q) == [".dcm", ".mp4", ".nii.gz", ".png"]
+    assert all(e.cause and e.error for e in q)
+    assert next(e for e in q if e.suffix == ".nii.gz").error == "InvalidInputError"
+    assert set(r.samples) == {"still", "cine", "volume"}
+    assert "curated" in str(r) and "quarantined 4" in str(r)
+    # the operator can map quarantine tokens back to files (with the salt and the tree)
+    sources, _ = find_sources(curated["src"], curated["opts"].exclude)
+    found = locate(curated["src"], [e.source for e in q], SALT.encode(), [s.path for s in sources])
+    assert sorted(p.parent.name for p in found.values()) == ["bad"] * 4
+
+
+def test_arrays_match_the_manifest(curated):
+    out = curated["out"]
+    recs = read_manifest(out / MANIFEST_NAME)
+    assert len({r.id for r in recs}) == len(recs)
+    for r in recs:
+        img = np.load(out / r.path)
+        assert list(img.shape) == r.shape and img.dtype == np.uint8
+        assert max(img.shape[-2:]) <= 64 if r.kind != "volume" else max(img.shape[1:]) <= 64
+        assert r.source_type in {"dicom", "video", "image", "volume"} and r.patient and r.study
+        if r.kind == "volume":
+            assert img.ndim == 4 and r.confidence is None
+            continue
+        conf = np.load(out / r.confidence)
+        fov = np.load(out / r.fov_mask)
+        assert conf.dtype == np.float16 and conf.shape == (1, *img.shape[1:])
+        assert float(conf.min()) >= 0.0 and float(conf.max()) <= 1.0
+        assert fov.dtype == bool and fov.shape == (1, *img.shape[-2:])
+        outside = ~fov[0]
+        assert not img[..., outside].any()  # blanked outside the scan region
+        if r.kind == "cine":
+            assert img.ndim == 4 and img.shape[1] == curated["opts"].clip_length and r.fps and r.fps > 0
+
+
+def test_split_is_grouped_by_patient(curated):
+    recs = read_manifest(curated["out"] / MANIFEST_NAME)
+    by_patient: dict[str, set[str]] = {}
+    for r in recs:
+        by_patient.setdefault(r.patient, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert {r.split for r in recs} == {"train", "val"}
+    # the two HC18 images of exam 010 are one patient; deid-data's grey still and cine share a study
+    images = [r for r in recs if r.source_type == "image"]  # 3 HC18 files (2 of exam 010) + 2 BUSI
+    assert len({r.source for r in images}) == 5 and len({r.patient for r in images}) == 4
+    grey = [r for r in recs if r.source_type == "dicom" and r.kind == "cine"]
+    assert grey and len({r.study for r in recs if r.source_type == "dicom"}) < len(
+        {r.source for r in recs if r.source_type == "dicom"}
+    )
+
+
+def test_no_phi_in_output_or_logs(curated, capfd):
+    src, out = curated["src"], curated["out"]
+    dicoms = sorted(src.rglob("*.dcm"))
+    phi = _phi_values([d for d in dicoms if d.stat().st_size])
+    assert {"ZZZ TEST PATIENTFIVE^NEW^P^", "2020202020202", "19510829", "CCHS CLEVELAND CLINIC CANADA"} <= phi
+    names = {p.name for p in src.rglob("*")} | {p.name.split(".")[0] for p in src.rglob("*")}
+    phi |= {n for n in names if len(n) >= 6} | {"ZZZDOWNTIME", "DOE_JOHN", "19850306", "40404040404"}
+    hexlike = re.compile(r"^[0-9a-f]+$")
+    text_needles = [v.encode() for v in phi if len(v) >= 4 and not (len(v) < 8 and hexlike.match(v))]
+    binary_needles = [n for n in text_needles if len(n) >= 6]  # shorter byte strings occur by chance in pixels
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != ".salt"]
+    assert len(files) > 20
+    for p in files:
+        data = p.read_bytes()
+        needles = binary_needles if p.suffix == ".npy" else text_needles
+        leaks = [n for n in needles if n in data]
+        assert not leaks, f"{p.relative_to(out)} holds PHI {leaks[:3]}"
+        assert not any(n in p.relative_to(out).as_posix().encode() for n in text_needles)
+    # what the next run prints (progress bar and summary) is clean too
+    run_curation(src, out, curated["opts"], salt=SALT, progress=True)
+    printed = "".join(capfd.readouterr()).encode()
+    assert not [n for n in text_needles if n in printed]
+
+
+def test_rerun_redoes_nothing(curated):
+    out = curated["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.npy")}
+    report = run_curation(curated["src"], out, curated["opts"], salt=SALT, progress=False)
+    assert report.curated == 0 and report.quarantined == 0
+    assert report.skipped_done == curated["report"].files_seen
+    after = {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.npy")}
+    assert after == before
+
+
+def test_resume_after_a_kill_redoes_only_unfinished_files(curated, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(curated["out"], out)
+    manifest = out / MANIFEST_NAME
+    n_records = len(read_manifest(manifest))
+    ledger = out / "state" / "done.jsonl"
+    lines = ledger.read_text().splitlines()
+    curated_lines = [ln for ln in lines if json.loads(ln)["status"] == "curated"][-2:]
+    ledger.write_text("\n".join(ln for ln in lines if ln not in curated_lines) + "\n")  # killed before marking 2
+    with manifest.open("a") as f:
+        f.write('{"id":"torn-by-a-kill","path":"samp')
+    report = run_curation(curated["src"], out, curated["opts"], salt=SALT, progress=False)
+    assert report.curated == 2 and report.skipped_done == curated["report"].files_seen - 2
+    recs = read_manifest(manifest)
+    assert len(recs) == n_records and len({r.id for r in recs}) == n_records
+
+
+def test_changed_salt_is_refused(curated):
+    from ultramae_monai.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="different salt"):
+        run_curation(curated["src"], curated["out"], curated["opts"], salt="another-salt-0123456789", progress=False)
+
+
+@pytest.mark.parametrize("bad", ["nonexistent"])
+def test_missing_source_folder_is_a_clear_error(tmp_path, bad):
+    from ultramae_monai.errors import UnreadableFileError
+
+    with pytest.raises(UnreadableFileError, match="source folder not found"):
+        run_curation(tmp_path / bad, tmp_path / "out", CurationOptions(workers=1), salt=SALT, progress=False)
+
+
+def test_cli_prints_counts(curated, capsys):
+    from ultramae_monai.cli import main
+
+    assert main(["curate", str(curated["src"]), str(curated["out"]), "--salt", SALT, "--progress", "False"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped as done" in printed and f"files seen {curated['report'].files_seen}" in printed
+    assert os.fspath(curated["src"]) not in printed

@@ -1,0 +1,103 @@
+"""``ultramae confmap SRC OUT``: confidence maps (Karamalis et al. 2012) of a file or a folder of files.
+
+Any input the project reads (DICOM, video, PNG/JPEG, NIfTI/NRRD/MHA) becomes a float32 map written by
+OUT's suffix: ``.npy`` (the channel-first array), ``.nii.gz`` (spatial axes, cine frames last, with the
+input's affine) or ``.png`` (stills only, 8-bit ``round(255 * map)``). A folder SRC maps every supported
+file to ``OUT/<name><fmt>``; cines and folders show a progress bar.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import MetaTensor
+from PIL import Image
+from tqdm import tqdm
+
+from ultramae_monai.data.convention import KIND_CINE, MetaKeys
+from ultramae_monai.data.load import SUPPORTED_SUFFIXES, load_ultrasound
+from ultramae_monai.errors import InvalidInputError
+from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap
+
+__all__ = ["confmap", "write_map"]
+
+OUT_SUFFIXES = (".npy", ".nii.gz", ".png")
+_SRC_SUFFIXES = tuple("." + s for s in SUPPORTED_SUFFIXES)
+
+
+def _out_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in OUT_SUFFIXES:
+        if name.endswith(s):
+            return s
+    raise InvalidInputError(f"output suffix must be one of {OUT_SUFFIXES}", path)
+
+
+def write_map(cmap: MetaTensor, out: str | PathLike) -> Path:
+    """Write a channel-first float32 map by OUT's suffix (see the module docstring)."""
+    out = Path(out)
+    suffix = _out_suffix(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(cmap.detach().cpu().numpy(), dtype=np.float32)
+    kind = cmap.meta.get(MetaKeys.KIND) if isinstance(cmap, MetaTensor) else None
+    if suffix == ".npy":
+        np.save(out, arr)
+    elif suffix == ".nii.gz":
+        data = np.moveaxis(arr, 1, -1) if kind == KIND_CINE else arr  # (C, H, W, T)
+        data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+        affine = np.eye(4)
+        if isinstance(cmap, MetaTensor) and kind != KIND_CINE:
+            aff = np.asarray(cmap.affine, dtype=np.float64)
+            affine[: aff.shape[0] - 1, : aff.shape[1] - 1] = aff[:-1, :-1]
+            affine[: aff.shape[0] - 1, 3] = aff[:-1, -1]
+        nib.save(nib.Nifti1Image(data, affine), str(out))
+    else:
+        if arr.ndim != 3 or arr.shape[0] != 1:
+            raise InvalidInputError(f"PNG output holds one grey still, the map has shape {arr.shape}; use .npy", out)
+        Image.fromarray(np.round(np.clip(arr[0], 0, 1) * 255).astype(np.uint8)).save(out)
+    return out
+
+
+def _map_file(src: Path, transform: UltrasoundConfidenceMap, show_frames: bool) -> MetaTensor:
+    img = load_ultrasound(src)
+    if img.meta.get(MetaKeys.KIND) == KIND_CINE and show_frames:
+        frames = []
+        for t in tqdm(range(img.shape[1]), desc=src.name, unit="frame"):
+            frames.append(transform(img[:, t].as_tensor()).as_tensor())
+        out = MetaTensor(np.stack([f.numpy() for f in frames], axis=1), meta=dict(img.meta))
+        return out
+    try:
+        return transform(img)
+    except InvalidInputError as err:
+        raise InvalidInputError(err.cause, src) from err
+
+
+def confmap(
+    src: str | PathLike,
+    out: str | PathLike,
+    alpha: float = 2.0,
+    beta: float = 90.0,
+    gamma: float = 0.05,
+    sink_mode: str = "all",
+    mode: str = "B",
+    backend: str = "auto",
+    fmt: str = ".npy",
+) -> list[str]:
+    """Confidence map of SRC (file or folder) to OUT (file, or folder with ``fmt`` suffix); returns written paths."""
+    src, out = Path(src), Path(out)
+    transform = UltrasoundConfidenceMap(alpha, beta, gamma, mode, sink_mode, backend=backend)
+    if not src.exists():
+        raise InvalidInputError("no such file or folder", src)
+    if src.is_file():
+        return [str(write_map(_map_file(src, transform, True), out))]
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.name.lower().endswith(_SRC_SUFFIXES))
+    if not files:
+        raise InvalidInputError(f"no supported ultrasound files ({', '.join(SUPPORTED_SUFFIXES)})", src)
+    written = []
+    for f in tqdm(files, desc="confmap", unit="file"):
+        target = out / f.relative_to(src).parent / (f.name.split(".")[0] + fmt)
+        written.append(str(write_map(_map_file(f, transform, False), target)))
+    return written

@@ -1,0 +1,82 @@
+"""``ultramae info FILE``: what an ultrasound file is, in a few lines.
+
+Why a verb of its own: before curating ten thousand files a user wants to see, for one of them, what the readers
+make of it (kind, frames, spacing, colour, where the scan region is) without writing code.
+"""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+from typing import Any
+
+import numpy as np
+from monai.data import MetaTensor
+
+from ultramae_monai.data.convention import KIND_VOLUME, MetaKeys
+from ultramae_monai.data.load import load_ultrasound
+
+__all__ = ["FileInfo", "info"]
+
+_FOV_FRAMES = 16  # frames of a cine read for the FOV (the detector uses what varies over them)
+
+
+class FileInfo(dict):
+    """The summary as a dict; ``str()`` is the compact text ``ultramae info`` prints (fire prints ``str``)."""
+
+    def __str__(self) -> str:
+        def fmt(v: Any) -> str:
+            if isinstance(v, float):
+                return "unknown" if math.isnan(v) else f"{v:.4g}"
+            if isinstance(v, (list, tuple)):
+                return " x ".join(fmt(x) for x in v) if v else "none"
+            return "unknown" if v is None else str(v)
+
+        def line(key: str, v: Any) -> str:
+            if key == "fov_box" and v is not None:
+                return f"rows {v[0]}-{v[2]}, cols {v[1]}-{v[3]}"
+            return fmt(v)
+
+        width = max(len(k) for k in self)
+        return "\n".join(f"{k:<{width}}  {line(k, v)}" for k, v in self.items())
+
+
+def _fov_box(x: MetaTensor) -> list[int] | None:
+    """The scan region's ``[r0, c0, r1, c1)``, or None when the FOV detector is not available."""
+    try:
+        from ultramae_monai.transforms.scan_region import detect_fov_mask, fov_box, regions_from_meta
+    except ImportError:
+        return None
+    mask = detect_fov_mask(x.as_tensor(), regions=regions_from_meta(x.meta))
+    return [int(v) for v in fov_box(np.asarray(mask))]
+
+
+def info(path: str | PathLike, **kwargs: Any) -> FileInfo:
+    """Read ``path`` (any supported format) and summarise it.
+
+    Returns a :class:`FileInfo` with ``file``, ``kind``, ``source_type``, ``modality``, ``frames`` (in the
+    file), ``size`` (``[H, W]`` or ``[H, W, D]``), ``spacing_mm``, ``photometric``, ``fps`` and ``fov_box``
+    (``[r0, c0, r1, c1)``, None when unknown or for volumes). Extra keyword arguments go to
+    :func:`~ultramae_monai.data.load.load_ultrasound` (e.g. ``allow_any_modality=True``).
+    """
+    kwargs.setdefault("max_frames", _FOV_FRAMES)
+    x = load_ultrasound(path, **kwargs)
+    m = x.meta
+    kind = str(m[MetaKeys.KIND])
+    spatial = list(x.shape[1:]) if kind == KIND_VOLUME else list(x.shape[-2:])
+    result = FileInfo(
+        file=str(path),
+        kind=kind,
+        source_type=m.get(MetaKeys.SOURCE),
+        modality=m.get(MetaKeys.MODALITY),
+        frames=int(m.get(MetaKeys.SOURCE_FRAMES, 1)),
+        size=[int(s) for s in spatial],
+        spacing_mm=[float(s) for s in m.get(MetaKeys.SPACING, [])],
+        photometric=m.get(MetaKeys.PHOTOMETRIC),
+        fps=float(m.get(MetaKeys.FPS, float("nan"))),
+        fov_box=None if kind == KIND_VOLUME else _fov_box(x),
+    )
+    for extra in ("transfer_syntax", "orientation"):
+        if extra in m:
+            result[extra] = m[extra]
+    return result

@@ -1,0 +1,49 @@
+"""The Dirichlet-reduced random-walk system ``L_uu x = -L_us m`` as a sparse matrix, on any 2D/3D grid.
+
+Seeds and nodes outside the field of view keep identity rows (right-hand side 0) instead of being
+deleted, so node ``k`` of the system is grid node ``k`` in C order and the grid orderings of
+:mod:`ultramae_monai.confmap.direct` apply unchanged. Free rows are exactly MONAI's ``L_uu`` rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
+from ultramae_monai.confmap.seeds import Seeds
+
+__all__ = ["assemble_csr"]
+
+
+def assemble_csr(
+    weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Return ``(A, b, fixed)``: the SPD matrix, right-hand side and Dirichlet mask (flattened, C order)."""
+    shape = weights.weights[0].shape
+    n = int(np.prod(shape))
+    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    free = ~fixed
+    idx = np.arange(n).reshape(shape)
+    deg = np.zeros(shape)
+    rhs = np.zeros(shape)
+    rows, cols, vals = [], [], []
+    for off, wk in zip(weights.offsets, weights.weights, strict=False):
+        a, b = pair_slices(shape, off)
+        wa = wk[a]
+        deg[a] += wa
+        deg[b] += wa
+        rhs[a] += np.where(free[a] & fixed[b], wa * seeds.value[b], 0.0)
+        rhs[b] += np.where(free[b] & fixed[a], wa * seeds.value[a], 0.0)
+        keep = free[a] & free[b] & (wa != 0)
+        ia, ib, v = idx[a][keep], idx[b][keep], -wa[keep]
+        rows += [ia, ib]
+        cols += [ib, ia]
+        vals += [v, v]
+    diag = np.where(free, deg, 1.0).ravel()
+    rows.append(idx.ravel())
+    cols.append(idx.ravel())
+    vals.append(diag)
+    mat = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    b_vec = np.where(free, rhs, 0.0).ravel()
+    return mat, b_vec, fixed.ravel()

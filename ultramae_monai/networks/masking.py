@@ -1,0 +1,145 @@
+"""Which tokens the encoder sees: per-sample random, tube, FOV-aware and confidence-weighted masking.
+
+Random masking keeps the ``K`` tokens with the smallest random key, as in MAE (He et al., CVPR 2022), so every
+sample keeps exactly ``K = round((1 - ratio) N)`` tokens and the batch stays dense. Two ultrasound-aware
+variants change the keys:
+
+* **FOV-aware**: tokens outside the scan region (a fan or a rectangle, ``fov_mask``) get an infinite key and are
+  excluded from the reconstruction set, so they are neither seen nor predicted. ``K`` is then ``(1 - ratio)`` times
+  the *smallest* FOV token count of the batch (exact for every sample when the FOV is shared, the usual case).
+* **Confidence-weighted**: visible tokens are drawn without replacement with probability proportional to
+  ``c ** gamma`` (``c`` = the token's mean ultrasound confidence), using exponential keys ``-log(u) / w``
+  (Efraimidis & Spirakis, 2006). ``gamma > 0`` keeps confident tissue visible; ``gamma < 0`` hides it, so it
+  is what gets reconstructed.
+
+Tube masking (VideoMAE, Tong et al., NeurIPS 2022) draws one spatial pattern per clip and repeats it over time,
+so a masked patch cannot be copied from the neighbouring frame. All randomness goes through an optional
+``torch.Generator`` so masks are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ultramae_monai.errors import InvalidInputError
+
+__all__ = ["MaskSample", "sample_mask", "token_confidence", "token_validity"]
+
+
+@dataclass
+class MaskSample:
+    """A batch of masks over ``N`` tokens.
+
+    Attributes:
+        ids_keep: ``(B, K)`` visible token indices, fed to the encoder.
+        ids_restore: ``(B, N)`` permutation that puts ``[visible, others]`` back into grid order.
+        mask: ``(B, N)`` float, 1 = masked and reconstructed, 0 = visible or outside the FOV.
+        valid: ``(B, N)`` bool, True = inside the FOV (all True without a FOV).
+    """
+
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+    mask: torch.Tensor
+    valid: torch.Tensor
+
+
+def token_validity(fov_mask: torch.Tensor, grid: tuple[int, int, int], threshold: float = 0.5) -> torch.Tensor:
+    """``(B, N)`` bool: a token is inside the FOV when at least ``threshold`` of its pixels are.
+
+    ``fov_mask`` is the ``(B, 1, H, W)`` scan region; it is 2D, so every frame of a clip (or slab of a volume)
+    shares it.
+    """
+    if fov_mask.ndim != 4 or fov_mask.shape[1] != 1:
+        raise InvalidInputError(f"fov_mask must be (B, 1, H, W), got shape {tuple(fov_mask.shape)}")
+    t, h, w = grid
+    if fov_mask.shape[-2] % h or fov_mask.shape[-1] % w:
+        raise InvalidInputError(f"fov_mask of shape {tuple(fov_mask.shape)} does not tile the token grid {grid}")
+    frac = F.avg_pool2d(fov_mask.float(), (fov_mask.shape[-2] // h, fov_mask.shape[-1] // w))
+    valid = (frac[:, 0] >= threshold).flatten(1)  # (B, H'W')
+    return valid.repeat(1, t)
+
+
+def token_confidence(confidence: torch.Tensor, num_tokens: int, patchify) -> torch.Tensor:
+    """``(B, N)`` mean confidence per token, from maps laid out like the input (``patchify`` maps them)."""
+    tokens = patchify(confidence.float())
+    if tokens.shape[1] != num_tokens:
+        raise InvalidInputError(f"confidence maps give {tokens.shape[1]} tokens, the input {num_tokens}")
+    return tokens.mean(dim=-1)
+
+
+def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def sample_mask(
+    batch: int,
+    grid: tuple[int, int, int],
+    ratio: float,
+    *,
+    device: torch.device | str = "cpu",
+    valid: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    tube: bool = False,
+    generator: torch.Generator | None = None,
+) -> MaskSample:
+    """Draw one mask per sample over the ``T' x H' x W'`` grid.
+
+    Args:
+        batch: number of samples.
+        grid: token grid ``(T', H', W')``; ``N = T' H' W'``.
+        ratio: fraction of (FOV) tokens to mask, in ``(0, 1)``.
+        valid: ``(B, N)`` bool FOV tokens (see :func:`token_validity`); None = all tokens.
+        weights: ``(B, N)`` non-negative sampling weights for *visible* tokens (None = uniform).
+        tube: share one spatial pattern across the ``T'`` slots (video tube masking).
+        generator: source of randomness, for reproducible masks.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+    device = torch.device(device)
+    t, h, w = grid
+    n = t * h * w
+    # with tubes the draw happens over the H'W' spatial positions and is repeated over time
+    slots, reps = (h * w, t) if tube else (n, 1)
+
+    def per_slot(v: torch.Tensor, reduce: str) -> torch.Tensor:
+        v = v.reshape(batch, reps, slots)
+        return v.all(dim=1) if reduce == "all" else v.float().mean(dim=1)
+
+    slot_valid = None if valid is None else per_slot(valid.to(device), "all")
+    keys = -torch.log(_uniform((batch, slots), device, generator).clamp_min(1e-12))  # Exp(1) keys
+    if weights is not None:
+        keys = keys / per_slot(weights.to(device), "mean").clamp_min(1e-6)
+    if slot_valid is not None:
+        counts = slot_valid.sum(dim=1)
+        if int(counts.min()) == 0:
+            raise InvalidInputError("a sample has no token inside its field of view (empty fov_mask?)")
+        keys = keys.masked_fill(~slot_valid, float("inf"))
+        num_valid = int(counts.min())
+    else:
+        num_valid = slots
+    keep = max(1, round((1.0 - ratio) * num_valid))
+    if keep >= num_valid:
+        raise InvalidInputError(f"mask ratio {ratio} leaves nothing to reconstruct on {num_valid} tokens")
+
+    order = torch.argsort(keys, dim=1)  # (B, slots): visible first
+    if tube:
+        offsets = torch.arange(t, device=device) * slots
+        ids_keep = (order[:, :keep, None] + offsets).transpose(1, 2).reshape(batch, keep * t)
+        ids_rest = (order[:, keep:, None] + offsets).transpose(1, 2).reshape(batch, (slots - keep) * t)
+    else:
+        ids_keep, ids_rest = order[:, :keep], order[:, keep:]
+    ids_shuffle = torch.cat([ids_keep, ids_rest], dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+
+    full_valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+    if slot_valid is not None:
+        full_valid = slot_valid.repeat(1, reps)
+    mask = torch.ones(batch, n, device=device)
+    mask.scatter_(1, ids_keep, 0.0)
+    mask = mask * full_valid
+    return MaskSample(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask, valid=full_valid)
