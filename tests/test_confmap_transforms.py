@@ -141,3 +141,14 @@ def test_cli_png_npy_nifti_and_folder(tmp_path) -> None:
         confmap(tmp_path / "missing.png", tmp_path / "x.npy")
     with pytest.raises(InvalidInputError):
         confmap(src / "a.png", tmp_path / "x.jpg")
+
+
+@pytest.mark.parametrize("sink_mode", ["mid", "min"])
+@pytest.mark.parametrize("connectivity", [6, 14])
+def test_volume_sink_modes_and_connectivities(sink_mode: str, connectivity: int) -> None:
+    vol = _speckle((8, 7, 6), seed=4)
+    out = confidence_map(vol, sink_mode=sink_mode, connectivity=connectivity)
+    assert np.isfinite(out).all() and np.allclose(out[0], 1.0)
+    zeros = np.isclose(out[-1], 0.0)
+    assert zeros.sum() >= 1 and not zeros.all()  # one sink scanline (or the darkest ones), not the whole plane
+    assert (out >= -1e-7).all() and (out <= 1 + 1e-7).all()

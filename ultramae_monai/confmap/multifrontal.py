@@ -1,0 +1,198 @@
+"""Exact solve of 9-point grid systems by a level-batched multifrontal Cholesky, in torch (CPU or CUDA).
+
+The confidence-map system (:func:`ultramae_monai.confmap.system.assemble_csr`) is SPD with a 9-point
+stencil on the image grid. Its nested-dissection elimination tree is fixed by the grid shape
+(:mod:`ultramae_monai.confmap.multifrontal_symbolic`), so all index bookkeeping is done once per shape and
+the numeric work is, per tree level, one gather (assembly), one scatter-add (extend-add) and three
+batched dense kernels: ``L11 = chol(F11)``, ``L21 = F21 L11^-T``, ``U = F22 - L21 L21^T`` (Duff & Reid,
+ACM TOMS 9(3), 1983). A batch of systems of one shape (cine frames) just enlarges every batch. The same
+code runs on CUDA, where the per-level batching is what makes the many small fronts of the lower tree
+levels efficient. Unlike multigrid, the cost does not depend on the weights (beta = 90 speckle makes the
+edge weights span 1e-5..1, which ruins geometric multigrid convergence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
+from ultramae_monai.errors import InvalidInputError
+
+__all__ = [
+    "MultifrontalFactor",
+    "csr_to_stencil",
+    "factorize",
+    "solve_factored",
+    "solve_multifrontal",
+    "solve_multifrontal_batch",
+    "stencil_from_2d",
+]
+
+_DEVICE_MAPS: dict[tuple[tuple[int, int], str], list] = {}
+
+
+def _maps(sym: Symbolic, device: torch.device) -> list:
+    """The symbolic index arrays as int64 tensors on ``device`` (cached per shape and device)."""
+    key = (sym.shape, str(device))
+    if key not in _DEVICE_MAPS:
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.int64, device=device)
+
+        _DEVICE_MAPS[key] = [
+            (
+                t(lv.elim),
+                t(lv.ring),
+                t(lv.asm_src),
+                t(lv.asm_dst),
+                t(lv.pad_diag),
+                [(c, t(s), t(d)) for c, s, d in lv.children],
+            )
+            for lv in sym.levels
+        ]
+    return _DEVICE_MAPS[key]
+
+
+def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
+    """The ``(H * W, 9)`` stencil coefficients of a CSR matrix with a 9-point pattern on a C-ordered grid.
+
+    Column ``d`` of row ``i`` is the coupling to the neighbour ``(d // 3 - 1, d % 3 - 1)`` away.
+    """
+    h, w = shape
+    n = h * w
+    mat = sp.csr_matrix(mat)
+    if mat.shape != (n, n):
+        raise InvalidInputError(f"matrix of shape {mat.shape} does not match a {h}x{w} grid")
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(mat.indptr))
+    cols = mat.indices.astype(np.int64)
+    di = cols // w - rows // w
+    dj = cols % w - rows % w
+    if np.abs(di).max(initial=0) > 1 or np.abs(dj).max(initial=0) > 1:
+        raise InvalidInputError("matrix has entries outside the 9-point stencil of the grid")
+    out = np.zeros(n * 9)
+    np.add.at(out, rows * 9 + (di + 1) * 3 + (dj + 1), mat.data)  # sums duplicate entries, as CSR does
+    return out.reshape(n, 9)
+
+
+def stencil_from_2d(c: np.ndarray, s: np.ndarray, e: np.ndarray, se: np.ndarray, ne: np.ndarray) -> np.ndarray:
+    """``(H * W, 9)`` coefficients from the padded ``(H + 2, W + 2)`` arrays of a ``Stencil2D``.
+
+    This skips CSR assembly: the stencil is built with a few slicing passes.
+    """
+    h, w = c.shape[0] - 2, c.shape[1] - 2
+    i, j = slice(1, h + 1), slice(1, w + 1)
+    im, jm, ip, jp = slice(0, h), slice(0, w), slice(2, h + 2), slice(2, w + 2)
+    cols = (
+        se[im, jm],  # (-1, -1): the below-right coupling of the node above-left
+        s[im, j],  # (-1, 0)
+        ne[i, j],  # (-1, +1)
+        e[i, jm],  # (0, -1)
+        c[i, j],
+        e[i, j],  # (0, +1)
+        ne[ip, jm],  # (+1, -1): the above-right coupling of the node below-left
+        s[i, j],  # (+1, 0)
+        se[i, j],  # (+1, +1)
+    )
+    return np.stack(cols, axis=-1).reshape(h * w, 9)
+
+
+@dataclass
+class MultifrontalFactor:
+    """Cholesky factor blocks per level: ``L11`` ``(B * nb, S, S)`` and ``L21`` ``(B * nb, R, S)``."""
+
+    sym: Symbolic
+    batch: int
+    blocks: list[tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def factorize(coef: torch.Tensor, shape: tuple[int, int]) -> MultifrontalFactor:
+    """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``."""
+    sym = symbolic(tuple(shape))
+    maps = _maps(sym, coef.device)
+    batch = coef.shape[0]
+    flat = coef.reshape(batch, -1)
+    last_use = {c: k for k, lv in enumerate(sym.levels) for c, _, _ in lv.children}
+    updates: dict[int, torch.Tensor] = {}
+    blocks = []
+    bad = torch.zeros((), dtype=torch.bool, device=coef.device)
+    for k, (lv, (_, _, src, dst, pad, kids)) in enumerate(zip(sym.levels, maps, strict=True)):
+        s_, m = lv.S, lv.S + lv.R
+        front = flat.new_zeros(batch, lv.nb * m * m)
+        front[:, dst] = flat[:, src]
+        front[:, pad] = 1.0
+        for c, csrc, cdst in kids:
+            front.index_add_(1, cdst, updates[c].reshape(batch, -1)[:, csrc])
+            if last_use[c] == k:
+                del updates[c]
+        front = front.view(batch * lv.nb, m, m)
+        l11, info = torch.linalg.cholesky_ex(front[:, :s_, :s_])
+        bad |= (info != 0).any()
+        if lv.R:
+            l21 = torch.linalg.solve_triangular(l11.mT, front[:, s_:, :s_], upper=True, left=False)
+            updates[k] = torch.baddbmm(front[:, s_:, s_:], l21, l21.mT, alpha=-1.0)
+            blocks.append((l11, l21))
+        else:
+            blocks.append((l11, None))
+    if bool(bad):
+        raise InvalidInputError("the system matrix is not symmetric positive definite")
+    return MultifrontalFactor(sym, batch, blocks)
+
+
+def solve_factored(factor: MultifrontalFactor, b: torch.Tensor) -> torch.Tensor:
+    """Solve with a factor for right-hand sides ``b`` ``(B, H * W)``: forward then backward over the levels."""
+    sym, batch = factor.sym, factor.batch
+    n = sym.shape[0] * sym.shape[1]
+    maps = _maps(sym, b.device)
+    x = b.new_zeros(batch, n + 1)  # slot n absorbs the padding
+    x[:, :n] = b
+    for lv, (l11, l21), (elim, ring, *_) in zip(sym.levels, factor.blocks, maps, strict=True):
+        y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
+        y = torch.linalg.solve_triangular(l11, y, upper=False)
+        x[:, elim] = y.view(batch, -1, lv.S)
+        if l21 is not None:
+            x.index_add_(1, ring.reshape(-1), -(l21 @ y).view(batch, -1))
+        x[:, n] = 0.0
+    for lv, (l11, l21), (elim, ring, *_) in reversed(list(zip(sym.levels, factor.blocks, maps, strict=True))):
+        y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
+        if l21 is not None:
+            y = y - l21.mT @ x[:, ring].reshape(batch * lv.nb, lv.R, 1)
+        y = torch.linalg.solve_triangular(l11.mT, y, upper=True)
+        x[:, elim] = y.view(batch, -1, lv.S)
+        x[:, n] = 0.0
+    return x[:, :n]
+
+
+def solve_multifrontal_batch(
+    coef: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
+    shape: tuple[int, int],
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Solve ``B`` SPD 9-point grid systems of one ``shape``: stencil ``coef`` ``(B, H * W, 9)``, ``b`` ``(B, H * W)``.
+
+    Runs on ``device`` (default: that of ``coef``, CPU for numpy) in float64; returns ``(B, H * W)``.
+    Build ``coef`` with :func:`csr_to_stencil` or, without a CSR matrix, :func:`stencil_from_2d`.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    coef_t = torch.as_tensor(coef, dtype=torch.float64, device=device)
+    b_t = torch.as_tensor(b, dtype=torch.float64, device=coef_t.device)
+    if coef_t.ndim != 3 or coef_t.shape[1:] != (h * w, 9) or b_t.shape != coef_t.shape[:2]:
+        raise InvalidInputError(
+            f"expected coef (B, {h * w}, 9) and b (B, {h * w}), got {tuple(coef_t.shape)} and {tuple(b_t.shape)}"
+        )
+    if h < 1 or w < 1:
+        raise InvalidInputError(f"empty grid {shape}")
+    return solve_factored(factorize(coef_t, (h, w)), b_t)
+
+
+def solve_multifrontal(mat: sp.csr_matrix, b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Solve the SPD 9-point grid system ``mat x = b`` exactly (float64); drop-in for ``solve_direct``."""
+    if len(shape) != 2:
+        raise InvalidInputError(f"the multifrontal solver handles 2D grids, got shape {shape}")
+    coef = csr_to_stencil(mat, (int(shape[0]), int(shape[1])))
+    x = solve_multifrontal_batch(coef[None], np.asarray(b, dtype=np.float64)[None], (shape[0], shape[1]))
+    return x[0].numpy()
