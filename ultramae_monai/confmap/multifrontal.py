@@ -14,17 +14,26 @@ edge weights span 1e-5..1, which ruins geometric multigrid convergence).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ultramae_monai.confmap.multifrontal_cpu import (
+    backward_lower,
+    factor_lower,
+    forward_lower,
+    gather_into,
+    lower_plan,
+)
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = [
     "MultifrontalFactor",
     "csr_to_stencil",
+    "default_cut",
     "factorize",
     "solve_factored",
     "solve_multifrontal",
@@ -32,29 +41,28 @@ __all__ = [
     "stencil_from_2d",
 ]
 
-_DEVICE_MAPS: dict[tuple[tuple[int, int], str], list] = {}
-
 
 def _maps(sym: Symbolic, device: torch.device) -> list:
-    """The symbolic index arrays as int64 tensors on ``device`` (cached per shape and device)."""
-    key = (sym.shape, str(device))
-    if key not in _DEVICE_MAPS:
+    """The symbolic index arrays as int64 tensors on ``device`` (cached per structure and device)."""
+    return _maps_cached(sym, str(device))
 
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.int64, device=device)
 
-        _DEVICE_MAPS[key] = [
-            (
-                t(lv.elim),
-                t(lv.ring),
-                t(lv.asm_src),
-                t(lv.asm_dst),
-                t(lv.pad_diag),
-                [(c, t(s), t(d)) for c, s, d in lv.children],
-            )
-            for lv in sym.levels
-        ]
-    return _DEVICE_MAPS[key]
+@lru_cache(maxsize=16)
+def _maps_cached(sym: Symbolic, device: str) -> list:
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.int64, device=device)
+
+    return [
+        (
+            t(lv.elim),
+            t(lv.ring),
+            t(lv.asm_src),
+            t(lv.asm_dst),
+            t(lv.pad_diag),
+            [(c, t(s), t(d)) for c, s, d in lv.children],
+        )
+        for lv in sym.levels
+    ]
 
 
 def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
@@ -65,6 +73,9 @@ def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     n = h * w
     mat = sp.csr_matrix(mat)
+    if not mat.has_canonical_format:  # duplicates are summed, as in the matrix they represent
+        mat = mat.copy()
+        mat.sum_duplicates()
     if mat.shape != (n, n):
         raise InvalidInputError(f"matrix of shape {mat.shape} does not match a {h}x{w} grid")
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(mat.indptr))
@@ -74,7 +85,7 @@ def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
     if np.abs(di).max(initial=0) > 1 or np.abs(dj).max(initial=0) > 1:
         raise InvalidInputError("matrix has entries outside the 9-point stencil of the grid")
     out = np.zeros(n * 9)
-    np.add.at(out, rows * 9 + (di + 1) * 3 + (dj + 1), mat.data)  # sums duplicate entries, as CSR does
+    out[rows * 9 + (di + 1) * 3 + (dj + 1)] = mat.data
     return out.reshape(n, 9)
 
 
@@ -85,7 +96,7 @@ def stencil_from_2d(c: np.ndarray, s: np.ndarray, e: np.ndarray, se: np.ndarray,
     """
     h, w = c.shape[0] - 2, c.shape[1] - 2
     i, j = slice(1, h + 1), slice(1, w + 1)
-    im, jm, ip, jp = slice(0, h), slice(0, w), slice(2, h + 2), slice(2, w + 2)
+    im, jm, ip = slice(0, h), slice(0, w), slice(2, h + 2)
     cols = (
         se[im, jm],  # (-1, -1): the below-right coupling of the node above-left
         s[im, j],  # (-1, 0)
@@ -100,32 +111,87 @@ def stencil_from_2d(c: np.ndarray, s: np.ndarray, e: np.ndarray, se: np.ndarray,
     return np.stack(cols, axis=-1).reshape(h * w, 9)
 
 
+def default_cut(sym: Symbolic, device: torch.device) -> int:
+    """Tree height below which the CPU kernels run: levels with many small fronts (none on a GPU)."""
+    if device.type != "cpu":
+        return 0
+    return next((k for k, lv in enumerate(sym.levels) if lv.nb <= _CPU_BATCHED_FRONTS), len(sym.levels))
+
+
+_CPU_BATCHED_FRONTS = 64  # on a CPU, levels with at most this many fronts use batched BLAS
+
+
 @dataclass
 class MultifrontalFactor:
-    """Cholesky factor blocks per level: ``L11`` ``(B * nb, S, S)`` and ``L21`` ``(B * nb, R, S)``."""
+    """The factor: compact CPU blocks below tree height ``cut`` and ``(L11, L21)`` per level from ``cut`` up.
+
+    ``L11`` is ``(B * nb, S, S)``, ``L21`` ``(B * nb, R, S)`` (``None`` at the root level).
+    """
 
     sym: Symbolic
     batch: int
-    blocks: list[tuple[torch.Tensor, torch.Tensor | None]]
+    cut: int
+    lower: np.ndarray | None
+    blocks: list[tuple[torch.Tensor, torch.Tensor | None] | None]
 
 
-def factorize(coef: torch.Tensor, shape: tuple[int, int]) -> MultifrontalFactor:
-    """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``."""
+@lru_cache(maxsize=16)
+def _root_scatter(sym: Symbolic, cut: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per height below ``cut``: where the packed root updates go in that level's padded update array."""
+    plan = lower_plan(sym, cut)
+    ring_len = np.diff(sym.tree.ring_ptr)
+    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for t, k in enumerate(plan.root):
+        h, r = int(sym.tree.height[k]), int(ring_len[k])
+        big_r = sym.levels[h].R
+        a, b = np.tril_indices(r)
+        src = plan.u_ptr[t] + a * (a + 1) // 2 + b
+        out.setdefault(h, []).append((src, (sym.tree.level_pos[k] * big_r + a) * big_r + b))
+    return {h: (np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v])) for h, v in out.items()}
+
+
+def factorize(coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None) -> MultifrontalFactor:
+    """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
+
+    Tree levels below height ``cut`` (default :func:`default_cut`) use the CPU kernels, the rest batched
+    torch kernels on ``coef``'s device.
+    """
     sym = symbolic(tuple(shape))
-    maps = _maps(sym, coef.device)
+    device = coef.device
+    cut = default_cut(sym, device) if cut is None else min(int(cut), len(sym.levels))
+    maps = _maps(sym, device)
     batch = coef.shape[0]
     flat = coef.reshape(batch, -1)
-    last_use = {c: k for k, lv in enumerate(sym.levels) for c, _, _ in lv.children}
     updates: dict[int, torch.Tensor] = {}
-    blocks = []
-    bad = torch.zeros((), dtype=torch.bool, device=coef.device)
-    for k, (lv, (_, _, src, dst, pad, kids)) in enumerate(zip(sym.levels, maps, strict=True)):
+    lower = None
+    ok = True
+    if cut > 0:
+        plan = lower_plan(sym, cut)
+        lower, uroot, ok = factor_lower(sym, plan, flat.cpu().numpy())
+        for h, (src, dst) in _root_scatter(sym, cut).items():
+            lv = sym.levels[h]
+            u = np.zeros((batch, lv.nb * lv.R * lv.R))
+            u[:, dst] = uroot[:, src]
+            updates[h] = torch.from_numpy(u).to(device)
+    last_use = {c: k for k, lv in enumerate(sym.levels) for c, _, _ in lv.children}
+    blocks: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * cut
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    for k in range(cut, len(sym.levels)):
+        lv, (_, _, src, dst, pad, kids) = sym.levels[k], maps[k]
         s_, m = lv.S, lv.S + lv.R
         front = flat.new_zeros(batch, lv.nb * m * m)
-        front[:, dst] = flat[:, src]
+        on_cpu = device.type == "cpu"
+        if on_cpu:
+            gather_into(front.numpy(), lv.asm_dst, flat.numpy(), lv.asm_src, False)
+        else:
+            front[:, dst] = flat[:, src]
         front[:, pad] = 1.0
-        for c, csrc, cdst in kids:
-            front.index_add_(1, cdst, updates[c].reshape(batch, -1)[:, csrc])
+        for (c, csrc, cdst), (_, csrc_np, cdst_np) in zip(kids, lv.children, strict=True):
+            u = updates[c].reshape(batch, -1)
+            if on_cpu:
+                gather_into(front.numpy(), cdst_np, u.numpy(), csrc_np, True)
+            else:
+                front.index_add_(1, cdst, u[:, csrc])
             if last_use[c] == k:
                 del updates[c]
         front = front.view(batch * lv.nb, m, m)
@@ -137,32 +203,45 @@ def factorize(coef: torch.Tensor, shape: tuple[int, int]) -> MultifrontalFactor:
             blocks.append((l11, l21))
         else:
             blocks.append((l11, None))
-    if bool(bad):
+    if bool(bad) or not ok:
         raise InvalidInputError("the system matrix is not symmetric positive definite")
-    return MultifrontalFactor(sym, batch, blocks)
+    return MultifrontalFactor(sym, batch, cut, lower, blocks)
 
 
 def solve_factored(factor: MultifrontalFactor, b: torch.Tensor) -> torch.Tensor:
     """Solve with a factor for right-hand sides ``b`` ``(B, H * W)``: forward then backward over the levels."""
-    sym, batch = factor.sym, factor.batch
+    sym, batch, cut = factor.sym, factor.batch, factor.cut
     n = sym.shape[0] * sym.shape[1]
     maps = _maps(sym, b.device)
-    x = b.new_zeros(batch, n + 1)  # slot n absorbs the padding
-    x[:, :n] = b
-    for lv, (l11, l21), (elim, ring, *_) in zip(sym.levels, factor.blocks, maps, strict=True):
+    if cut > 0:
+        plan = lower_plan(sym, cut)
+        xn = np.zeros((batch, n + 1))  # slot n absorbs the padding
+        xn[:, :n] = b.cpu().numpy()
+        forward_lower(sym, plan, factor.lower, xn)
+        x = torch.from_numpy(xn).to(b.device)
+    else:
+        x = b.new_zeros(batch, n + 1)
+        x[:, :n] = b
+    upper = list(zip(sym.levels[cut:], factor.blocks[cut:], maps[cut:], strict=True))
+    for lv, (l11, l21), (elim, ring, *_) in upper:
         y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
         y = torch.linalg.solve_triangular(l11, y, upper=False)
         x[:, elim] = y.view(batch, -1, lv.S)
         if l21 is not None:
             x.index_add_(1, ring.reshape(-1), -(l21 @ y).view(batch, -1))
         x[:, n] = 0.0
-    for lv, (l11, l21), (elim, ring, *_) in reversed(list(zip(sym.levels, factor.blocks, maps, strict=True))):
+    for lv, (l11, l21), (elim, ring, *_) in reversed(upper):
         y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
         if l21 is not None:
             y = y - l21.mT @ x[:, ring].reshape(batch * lv.nb, lv.R, 1)
         y = torch.linalg.solve_triangular(l11.mT, y, upper=True)
         x[:, elim] = y.view(batch, -1, lv.S)
         x[:, n] = 0.0
+    if cut > 0:
+        xn = x.cpu().numpy() if x.device.type != "cpu" else x.numpy()
+        xn = np.ascontiguousarray(xn)
+        backward_lower(sym, plan, factor.lower, xn)
+        x = torch.from_numpy(xn).to(b.device)
     return x[:, :n]
 
 

@@ -28,7 +28,7 @@ DIRECTIONS = tuple((di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1))
 LEAF_AREA = 12  # boxes of at most this many nodes are eliminated whole
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Level:
     """Index maps of one level of ``nb`` fronts, each padded to ``S`` eliminated + ``R`` ring slots.
 
@@ -58,7 +58,7 @@ class Level:
         return self.nb * (s**3 / 3 + s * s * r + s * r * r)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tree:
     """The tree node by node in post-order (children first), unpadded, as flat CSR-style int64 arrays.
 
@@ -84,7 +84,7 @@ class Tree:
     nkids: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Symbolic:
     """Per-shape structure: padded ``levels`` (for batched tensor kernels) and the unpadded ``tree``."""
 
@@ -103,7 +103,6 @@ class _Node:
     ring: np.ndarray
     children: list[int]
     height: int = 0
-    level_pos: int = 0  # index within its level
 
 
 def _build_tree(shape: tuple[int, int], leaf_area: int) -> list[_Node]:
@@ -138,112 +137,133 @@ def _build_tree(shape: tuple[int, int], leaf_area: int) -> list[_Node]:
     return nodes
 
 
-def _front_maps(shape: tuple[int, int], nodes: list[_Node]) -> list[tuple[np.ndarray, ...]]:
-    """Per node, in unpadded front positions: stencil entries ``(src, p, q)`` (``p >= q``) and children maps.
+def _ptr(lengths: np.ndarray) -> np.ndarray:
+    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum(lengths)
+    return ptr
 
-    ``src`` indexes an ``(n, 9)`` coefficient array; the entry goes to front row ``p``, column ``q``.
-    The children map lists, for each child in order, the positions of its ring nodes in this front.
-    """
+
+def _tree(shape: tuple[int, int], nodes: list[_Node]) -> Tree:
+    """Flat per-node arrays and all front positions, vectorised over the whole tree."""
     h_all, w_all = shape
     n = h_all * w_all
-    owner = np.empty(n, dtype=np.int64)  # tree node eliminating each grid node
+    nn = len(nodes)
+    s_k = np.array([len(nd.elim) for nd in nodes], dtype=np.int64)
+    r_k = np.array([len(nd.ring) for nd in nodes], dtype=np.int64)
+    box = np.array([nd.box for nd in nodes], dtype=np.int64).reshape(nn, 4)
+    parent = np.full(nn, -1, dtype=np.int64)
+    for k, nd in enumerate(nodes):
+        parent[nd.children] = k
+    elim_ptr, ring_ptr = _ptr(s_k), _ptr(r_k)
+    elim = np.concatenate([nd.elim for nd in nodes]).astype(np.int64)
+    ring = np.concatenate([nd.ring for nd in nodes]).astype(np.int64) if r_k.sum() else np.zeros(0, np.int64)
+    elim_owner = np.repeat(np.arange(nn), s_k)
+    ring_owner = np.repeat(np.arange(nn), r_k)
+    owner = np.empty(n, dtype=np.int64)
+    owner[elim] = elim_owner
     elim_pos = np.empty(n, dtype=np.int64)
-    for k, node in enumerate(nodes):
-        owner[node.elim] = k
-        elim_pos[node.elim] = np.arange(len(node.elim))
-    rows, cols = np.divmod(np.arange(n), w_all)
-    out = []
-    for k, node in enumerate(nodes):
-        s = len(node.elim)
+    elim_pos[elim] = np.arange(n) - elim_ptr[elim_owner]
+    ring_key = ring_owner * n + ring  # sorted: rings are sorted and concatenated in node order
 
-        def front_pos(glob: np.ndarray, k: int = k, node: _Node = node, s: int = s) -> np.ndarray:
-            return np.where(owner[glob] == k, elim_pos[glob], s + np.searchsorted(node.ring, glob))
+    def front_pos(k: np.ndarray, glob: np.ndarray) -> np.ndarray:
+        in_ring = np.searchsorted(ring_key, k * n + glob) - ring_ptr[k] + s_k[k]
+        return np.where(owner[glob] == k, elim_pos[glob], in_ring)
 
-        r0, r1, c0, c1 = node.box
-        i = np.repeat(node.elim, 9)
-        d = np.tile(np.arange(9), s)
-        ri, ci = rows[i] + d // 3 - 1, cols[i] + d % 3 - 1
-        ok = (ri >= 0) & (ri < h_all) & (ci >= 0) & (ci < w_all)
-        i, d, ri, ci = i[ok], d[ok], ri[ok], ci[ok]
-        j = ri * w_all + ci
-        # j is in this front unless it lies in the box and is eliminated by a descendant
-        ok = ~((ri >= r0) & (ri < r1) & (ci >= c0) & (ci < c1)) | (owner[j] == k)
-        i, d, j = i[ok], d[ok], j[ok]
-        p, q = elim_pos[i], front_pos(j)
-        kid_maps = [front_pos(nodes[c].ring) for c in node.children]
-        out.append((i * 9 + d, np.maximum(p, q), np.minimum(p, q), kid_maps))
-    return out
-
-
-def _levels(nodes: list[_Node], maps: list[tuple[np.ndarray, ...]], n: int) -> tuple[Level, ...]:
-    by_level: list[list[int]] = [[] for _ in range(nodes[-1].height + 1)]
-    for k, node in enumerate(nodes):
-        node.level_pos = len(by_level[node.height])
-        by_level[node.height].append(k)
-    sizes = [(max(len(nodes[k].elim) for k in ks), max(len(nodes[k].ring) for k in ks)) for ks in by_level]
-
-    levels = []
-    for lv, ks in enumerate(by_level):
-        s_max, r_max = sizes[lv]
-        m = s_max + r_max
-        elim = np.full((len(ks), s_max), n, dtype=np.int64)
-        ring = np.full((len(ks), r_max), n, dtype=np.int64)
-        src, dst, pad, kids = [], [], [], {}
-        for t, k in enumerate(ks):
-            node = nodes[k]
-            s = len(node.elim)
-            elim[t, :s] = node.elim
-            ring[t, : len(node.ring)] = node.ring
-            pad.append(t * m * m + np.arange(s, s_max) * (m + 1))
-            a_src, a_p, a_q, kid_maps = maps[k]
-            shift = s_max - s  # ring slots start at S in the padded front
-
-            def padded(x: np.ndarray, s: int = s, shift: int = shift) -> np.ndarray:
-                return np.where(x >= s, x + shift, x)
-
-            src.append(a_src)
-            dst.append((t * m + padded(a_p)) * m + padded(a_q))
-            for c, q in zip(node.children, kid_maps, strict=True):
-                child = nodes[c]
-                r_c = sizes[child.height][1]
-                q = padded(q)
-                a, b = np.tril_indices(len(child.ring))
-                csrc = (child.level_pos * r_c + a) * r_c + b
-                cdst = (t * m + np.maximum(q[a], q[b])) * m + np.minimum(q[a], q[b])
-                kids.setdefault(child.height, []).append((csrc, cdst))
-        children = tuple(
-            (c, np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v])) for c, v in sorted(kids.items())
-        )
-        levels.append(
-            Level(s_max, r_max, elim, ring, np.concatenate(src), np.concatenate(dst), np.concatenate(pad), children)
-        )
-    return tuple(levels)
-
-
-def _ptr(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR-style ``(pointers, concatenation)`` of a list of int arrays."""
-    ptr = np.zeros(len(parts) + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum([len(x) for x in parts])
-    cat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-    return ptr, cat
-
-
-def _tree(nodes: list[_Node], maps: list[tuple[np.ndarray, ...]]) -> Tree:
-    parent = np.full(len(nodes), -1, dtype=np.int64)
-    for k, node in enumerate(nodes):
-        parent[node.children] = k
-    elim_ptr, elim = _ptr([nd.elim for nd in nodes])
-    ring_ptr, ring = _ptr([nd.ring for nd in nodes])
-    asm_ptr, asm_src = _ptr([m[0] for m in maps])
-    _, asm_p = _ptr([m[1] for m in maps])
-    _, asm_q = _ptr([m[2] for m in maps])
-    kid_ptr, kid_q = _ptr([np.concatenate(m[3]) if m[3] else np.zeros(0, np.int64) for m in maps])
+    # stencil entry (i, j) belongs to the front of i's owner when j is in that front
+    i = np.repeat(np.arange(n), 9)
+    d = np.tile(np.arange(9), n)
+    ri, ci = i // w_all + d // 3 - 1, i % w_all + d % 3 - 1
+    ok = (ri >= 0) & (ri < h_all) & (ci >= 0) & (ci < w_all)
+    i, d, ri, ci = i[ok], d[ok], ri[ok], ci[ok]
+    j = ri * w_all + ci
+    k = owner[i]
+    bk = box[k]
+    inside = (ri >= bk[:, 0]) & (ri < bk[:, 1]) & (ci >= bk[:, 2]) & (ci < bk[:, 3])
+    ok = ~inside | (owner[j] == k)
+    i, d, j, k = i[ok], d[ok], j[ok], k[ok]
+    order = np.argsort(k, kind="stable")
+    i, d, j, k = i[order], d[order], j[order], k[order]
+    p, q = elim_pos[i], front_pos(k, j)
+    asm_ptr = _ptr(np.bincount(k, minlength=nn))
+    # children's ring positions in the parent's front, grouped by parent, children in order
+    has_parent = parent[ring_owner] >= 0
+    kid_node, kid_glob = ring_owner[has_parent], ring[has_parent]
+    kid_par = parent[kid_node]
+    order = np.argsort(kid_par, kind="stable")
+    kid_q = front_pos(kid_par[order], kid_glob[order])
+    kid_ptr = _ptr(np.bincount(kid_par, minlength=nn))
     nkids = np.array([len(nd.children) for nd in nodes], dtype=np.int64)
     height = np.array([nd.height for nd in nodes], dtype=np.int64)
-    level_pos = np.array([nd.level_pos for nd in nodes], dtype=np.int64)
+    level_pos = np.zeros(nn, dtype=np.int64)
+    for h in range(height.max() + 1):
+        at = height == h
+        level_pos[at] = np.arange(at.sum())
     return Tree(
-        parent, height, level_pos, elim_ptr, elim, ring_ptr, ring, asm_ptr, asm_src, asm_p, asm_q, kid_ptr, kid_q, nkids
-    )
+        parent, height, level_pos, elim_ptr, elim, ring_ptr, ring, asm_ptr, i * 9 + d,
+        np.maximum(p, q), np.minimum(p, q), kid_ptr, kid_q, nkids,
+    )  # fmt: skip
+
+
+def _level(tr: Tree, h: int, n: int) -> Level:
+    """The padded layout of the fronts at height ``h``, vectorised over the level."""
+    s_k, r_k = np.diff(tr.elim_ptr), np.diff(tr.ring_ptr)
+    ks = np.flatnonzero(tr.height == h)
+    nb_ = len(ks)
+    s_max, r_max = int(s_k[ks].max()), int(r_k[ks].max())
+    m = s_max + r_max
+    shift = np.zeros(len(s_k), dtype=np.int64)
+    shift[ks] = s_max - s_k[ks]  # ring slots of node k start at S instead of s_k
+
+    def padded(k: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return np.where(x >= s_k[k], x + shift[k], x)
+
+    def rect(ptr: np.ndarray, vals: np.ndarray, width: int) -> np.ndarray:
+        out = np.full((nb_, width), n, dtype=np.int64)
+        lens = ptr[ks + 1] - ptr[ks]
+        rows = np.repeat(np.arange(nb_), lens)
+        cols = np.arange(lens.sum()) - np.repeat(_ptr(lens)[:-1], lens)
+        out[rows, cols] = vals[np.repeat(ptr[ks], lens) + cols]
+        return out
+
+    elim, ring = rect(tr.elim_ptr, tr.elim, s_max), rect(tr.ring_ptr, tr.ring, r_max)
+    lens = tr.asm_ptr[ks + 1] - tr.asm_ptr[ks]
+    e = np.repeat(tr.asm_ptr[ks] - _ptr(lens)[:-1], lens) + np.arange(lens.sum())
+    k_of = np.repeat(ks, lens)
+    t_of = tr.level_pos[k_of]
+    dst = (t_of * m + padded(k_of, tr.asm_p[e])) * m + padded(k_of, tr.asm_q[e])
+    tt, pp = np.nonzero(np.arange(s_max)[None, :] >= s_k[ks][:, None])
+    pad = tt * m * m + pp * (m + 1)
+    # extend-add maps, grouped by child height and then by ring size (one tril pattern per group)
+    kids = np.flatnonzero((tr.parent >= 0) & (tr.height[np.maximum(tr.parent, 0)] == h))
+    offset = np.zeros(len(s_k), dtype=np.int64)  # start of each child's block in its parent's kid_q
+    children = []
+    if len(kids):
+        par = tr.parent[kids]
+        # children of one parent are consecutive in kid_q, in increasing node order
+        order = np.lexsort((kids, par))
+        kids, par = kids[order], par[order]
+        first = np.r_[True, par[1:] != par[:-1]]
+        within = np.cumsum(r_k[kids]) - r_k[kids]
+        block_start = np.maximum.accumulate(np.where(first, within, 0))
+        offset[kids] = tr.kid_ptr[par] + within - block_start
+        groups: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for r in np.unique(r_k[kids]):
+            sel = kids[r_k[kids] == r]
+            a, b = np.tril_indices(int(r))
+            for hc in np.unique(tr.height[sel]):
+                cs = sel[tr.height[sel] == hc]
+                rc_pad = int(r_k[tr.height == hc].max())
+                par_c = tr.parent[cs]
+                q = padded(par_c[:, None], tr.kid_q[offset[cs][:, None] + np.arange(r)[None, :]])
+                qa, qb = q[:, a], q[:, b]
+                src = (tr.level_pos[cs][:, None] * rc_pad + a) * rc_pad + b
+                dst_c = (tr.level_pos[par_c][:, None] * m + np.maximum(qa, qb)) * m + np.minimum(qa, qb)
+                groups.setdefault(int(hc), []).append((src.ravel(), dst_c.ravel()))
+        children = [
+            (hc, np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v]))
+            for hc, v in sorted(groups.items())
+        ]
+    return Level(s_max, r_max, elim, ring, tr.asm_src[e], dst, pad, tuple(children))
 
 
 @lru_cache(maxsize=8)
@@ -251,6 +271,6 @@ def symbolic(shape: tuple[int, int], leaf_area: int = LEAF_AREA) -> Symbolic:
     """Elimination tree, padded level layout and index maps for an ``H x W`` grid (cached per shape)."""
     shape = (int(shape[0]), int(shape[1]))
     nodes = _build_tree(shape, leaf_area)
-    maps = _front_maps(shape, nodes)
-    levels = _levels(nodes, maps, shape[0] * shape[1])
-    return Symbolic(shape, levels, _tree(nodes, maps))
+    tree = _tree(shape, nodes)
+    n = shape[0] * shape[1]
+    return Symbolic(shape, tuple(_level(tree, h, n) for h in range(int(tree.height.max()) + 1)), tree)

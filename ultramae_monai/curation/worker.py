@@ -239,13 +239,21 @@ class _FileCurator:
         self._write(x, m, conf, meta, eight_bit, kind, label, extra, spacing, fps)
 
     def _confidence(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """Confidence map of each frame, on the grey image, restricted to the scan region: ``(1, [T,] H, W)``."""
+        """Confidence map of each frame, on the grey image, restricted to the scan region: ``(1, [T,] H, W)``.
+
+        Frames are solved one by one: a ``(T, H, W)`` stack would be one 3D problem to the solver.
+        """
         from ultramae_monai.confmap.api import confidence_map
 
-        grey = x.mean(0)  # (H, W) or (T, H, W)
         o = self.opts
-        c = confidence_map(grey, alpha=o.alpha, beta=o.beta, gamma=o.gamma, sink_mode="all", fov_mask=mask)
-        return np.asarray(c, dtype=np.float32)[None].astype(np.float16)
+        grey = x.mean(0).numpy()  # (H, W) or (T, H, W)
+        fov = mask.numpy()
+        frames = grey if grey.ndim == 3 else grey[None]
+        maps = [
+            confidence_map(f, alpha=o.alpha, beta=o.beta, gamma=o.gamma, sink_mode="all", fov_mask=fov) for f in frames
+        ]
+        out = np.stack(maps) if grey.ndim == 3 else maps[0]
+        return np.clip(out, 0.0, 1.0)[None].astype(np.float16)
 
     def _write(
         self,

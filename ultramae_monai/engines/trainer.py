@@ -436,8 +436,9 @@ class PretrainTrainer:
                 self._log_scalars(scalars)
                 if self.preview_every and self.step % self.preview_every == 0:
                     self._preview()
-                epoch_end = self.consumed >= self.steps_per_epoch * self.grad_accum  # saved below anyway
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and not epoch_end:
+                # the end of an epoch and of the run are saved below anyway
+                last = self.consumed >= self.steps_per_epoch * self.grad_accum or self.step >= self.total_steps
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and not last:
                     self._save()
                 if self.step >= self.total_steps:
                     break

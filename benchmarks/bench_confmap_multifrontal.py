@@ -1,0 +1,168 @@
+"""Confidence maps: multifrontal Cholesky vs nested-dissection SuperLU vs MONAI, side by side in one run.
+
+Usage: ``python benchmarks/bench_confmap_multifrontal.py [--write] [--threads N]``. For every image the
+whole map (normalisation, weights, seeds, system, factorisation, solve) is timed with each solver,
+interleaved (ours 5x, SuperLU 2x, MONAI once; medians), so a busy shared CPU affects all alike.
+``--write`` puts the table in the ``### Multifrontal solver`` subsection at the end of the ``confmap``
+section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from monai.transforms import UltrasoundConfidenceMapTransform
+from PIL import Image
+
+from ultramae_monai.confmap.direct import solve_direct
+from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
+from ultramae_monai.confmap.multifrontal import factorize, solve_factored, stencil_from_2d
+from ultramae_monai.confmap.multifrontal_symbolic import symbolic
+from ultramae_monai.confmap.seeds import Seeds, make_seeds
+from ultramae_monai.confmap.stencil import assemble_2d
+from ultramae_monai.confmap.system import assemble_csr
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+HEADING = "### Multifrontal solver"
+
+
+def _grey(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    img = Image.open(path).convert("L")
+    return np.asarray(img.resize(size, Image.BILINEAR) if size else img)
+
+
+def _cases() -> list[tuple[str, np.ndarray, float]]:
+    ref = DATA / "confmap_reference"
+    hc = DATA / "hc18" / "images" / "010_HC.png"
+    return [
+        ("BUSI 256x256", _grey(DATA / "busi" / "benign" / "benign (10).png", (256, 256)), 0.05),
+        ("femur 512x476", _grey(ref / "femur_input.png"), 0.06),
+        ("neck 597x568", _grey(ref / "neck_input.png"), 0.03),
+        ("HC18 540x800", _grey(hc), 0.05),
+        ("HC18 768x1024 (resized)", _grey(hc, (1024, 768)), 0.05),
+    ]
+
+
+def _model(img: np.ndarray, gamma: float) -> tuple[EdgeWeights, Seeds]:
+    """MONAI's model: normalised image, edge weights and seeds (beam along axis 0, sink 'all')."""
+    data = normalize(img.astype(np.float64))
+    ew = edge_weights(data * attenuation(img.shape[0], 2.0)[:, None], 90.0, gamma)
+    return ew, make_seeds(data, "all")
+
+
+def _finish(x: np.ndarray, seeds: Seeds) -> np.ndarray:
+    x = x.reshape(seeds.fixed.shape).copy()
+    x[seeds.fixed] = seeds.value[seeds.fixed]
+    return x.astype(np.float32)
+
+
+def map_multifrontal(img: np.ndarray, gamma: float, split: dict | None = None) -> np.ndarray:
+    """The whole map with the multifrontal solver on the stencil arrays (no CSR assembly)."""
+    t0 = time.perf_counter()
+    ew, seeds = _model(img, gamma)
+    st = assemble_2d(ew, seeds)
+    coef = torch.from_numpy(stencil_from_2d(st.c, st.s, st.e, st.se, st.ne))[None]
+    b = torch.from_numpy(np.ascontiguousarray(st.b[1:-1, 1:-1]).ravel())[None]
+    t1 = time.perf_counter()
+    factor = factorize(coef, img.shape)
+    t2 = time.perf_counter()
+    x = solve_factored(factor, b)[0].numpy()
+    t3 = time.perf_counter()
+    if split is not None:
+        for key, dt in (("model", t1 - t0), ("factor", t2 - t1), ("solve", t3 - t2)):
+            split.setdefault(key, []).append(dt)
+    return _finish(x, seeds)
+
+
+def map_direct(img: np.ndarray, gamma: float) -> np.ndarray:
+    ew, seeds = _model(img, gamma)
+    mat, b, _ = assemble_csr(ew, seeds)
+    return _finish(solve_direct(mat, b, img.shape), seeds)
+
+
+def _timed(fn: Callable, *args: object) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def bench() -> list[str]:
+    rows = [
+        "| image | MONAI (s) | SuperLU-ND (s) | multifrontal (s) | vs MONAI | vs SuperLU | max abs diff vs MONAI "
+        "| symbolic, once per shape (s) | split: model / factor / solve (ms) | factor Gflop |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, img, gamma in _cases():
+        t_sym, sym = _timed(symbolic, img.shape)
+        map_multifrontal(img, gamma)  # warm-up: numba kernels, per-shape caches
+        monai_t = UltrasoundConfidenceMapTransform(alpha=2.0, beta=90.0, gamma=gamma, sink_mode="all")
+        ours, direct, monai, split = [], [], [], {}
+        ref = out = None
+        for rep in range(5):
+            t, out = _timed(map_multifrontal, img, gamma, split)
+            ours.append(t)
+            if rep in (1, 3):
+                direct.append(_timed(map_direct, img, gamma)[0])
+            if rep == 2:
+                t, ref = _timed(monai_t, img[None])
+                monai.append(t)
+        t_o, t_d, t_m = (float(np.median(v)) for v in (ours, direct, monai))
+        diff = float(np.abs(out - np.asarray(ref)[0]).max())
+        parts = " / ".join(f"{1e3 * float(np.median(split[k])):.0f}" for k in ("model", "factor", "solve"))
+        line = (
+            f"| {name} | {t_m:.2f} | {t_d:.2f} | {t_o:.3f} | {t_m / t_o:.0f}x | {t_d / t_o:.1f}x | {diff:.1e} "
+            f"| {t_sym:.1f} | {parts} | {sym.flops() / 1e9:.1f} |"
+        )
+        print(line, flush=True)
+        rows.append(line)
+    return rows
+
+
+def _write(body: list[str]) -> None:
+    doc = REPO / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    end = "<!-- /section: confmap -->"
+    j = text.index(end)
+    i = text.find(HEADING, text.index("<!-- section: confmap -->"), j)
+    i = j if i < 0 else i
+    doc.write_text(text[:i] + HEADING + "\n\n" + "\n".join(body) + "\n" + text[j:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.*)", cpu)
+    load = os.getloadavg()[0]
+    head = (
+        f"Machine: {model.group(1) if model else platform.processor()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} torch / {numba.get_num_threads()} numba threads. The CPU "
+        f"was shared with other jobs (load average {load:.1f} at the start), so absolute times are inflated; "
+        "the three solvers ran interleaved on the same images, read the ratios. Times are the whole map "
+        "(normalisation, weights, seeds, system, factorisation, solve), medians."
+    )
+    print(head)
+    body = [head, "", *bench()]
+    if args.write:
+        _write(body)
+
+
+if __name__ == "__main__":
+    main()
