@@ -119,7 +119,7 @@ def bench() -> list[str]:
                 t, ref = _timed(monai_t, img[None])
                 monai.append(t)
         t_o, t_d, t_m = (float(np.median(v)) for v in (ours, direct, monai))
-        diff = float(np.abs(out - np.asarray(ref)[0]).max())
+        diff = float(np.abs(out - np.asarray(ref).reshape(out.shape)).max())
         parts = " / ".join(f"{1e3 * float(np.median(split[k])):.0f}" for k in ("model", "factor", "solve"))
         line = (
             f"| {name} | {t_m:.2f} | {t_d:.2f} | {t_o:.3f} | {t_m / t_o:.0f}x | {t_d / t_o:.1f}x | {diff:.1e} "

@@ -42,7 +42,7 @@ def test_outputs_for_stills_clips_volumes(shape, kind, n, masked):
     assert (out["mask"].sum(1) == masked).all()
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     views = model.reconstruct(x, out)
-    assert set(views) == {"masked", "pred", "target"}
+    assert set(views) == {"masked", "pred", "target", "visible"}
     for v in views.values():
         assert v.shape == x.shape
     torch.testing.assert_close(views["target"], x)
@@ -52,6 +52,8 @@ def test_outputs_for_stills_clips_volumes(shape, kind, n, masked):
         patchify_input(views["masked"], out["kind"], model.tubelet),
         patchify_input(x, out["kind"], model.tubelet) * keep[..., None],
     )
+    vis_tok = patchify_input(views["visible"], out["kind"], model.tubelet)
+    torch.testing.assert_close(vis_tok, keep[..., None].expand_as(vis_tok))
 
 
 def test_patchify_roundtrip():

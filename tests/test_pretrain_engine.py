@@ -109,9 +109,11 @@ def test_reconstruction_grid(tmp_path: Path) -> None:
     assert path.stat().st_size > 100
     still = torch.rand(2, 1, 32, 32)
     out = model(still, generator=torch.Generator().manual_seed(0))
-    visible = model.reconstruct(torch.ones_like(still), out)["masked"]
+    views = model.reconstruct(still, out)
+    visible = views["visible"]
     assert 0 < visible.mean() < 0.5 and set(visible.unique().tolist()) == {0.0, 1.0}  # 75 % masked
-    pasted = reconstruction_grid({"input": still, **model.reconstruct(still, out), "visible": visible}, pad=0)
+    torch.testing.assert_close(visible, model.reconstruct(torch.ones_like(still), out)["masked"])
+    pasted = reconstruction_grid({"input": still, **views}, pad=0)
     w = 32
     inp, pred = pasted[:, :, :w], pasted[:, :, 2 * w : 3 * w]
     vis = torch.cat(list(visible[:, 0]), 0).bool()

@@ -150,6 +150,25 @@ def _root_scatter(sym: Symbolic, cut: int) -> dict[int, tuple[np.ndarray, np.nda
     return {h: (np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v])) for h, v in out.items()}
 
 
+_SCHUR_BLOCK = 128  # update blocks up to this size are formed whole
+
+
+def _schur_lower_(f22: torch.Tensor, l21: torch.Tensor) -> torch.Tensor:
+    """``f22 -= l21 l21^T`` in place on the lower triangle only, by recursive 2 x 2 blocking.
+
+    Only the lower triangle of an update matrix is ever read, so the strictly upper off-diagonal blocks
+    are skipped: about half the flops of one batched GEMM for large fronts (no batched SYRK in torch).
+    """
+    r = f22.shape[-1]
+    if r <= _SCHUR_BLOCK:
+        return f22.baddbmm_(l21, l21.mT, alpha=-1.0)
+    h = r // 2
+    _schur_lower_(f22[:, :h, :h], l21[:, :h])
+    f22[:, h:, :h].baddbmm_(l21[:, h:], l21[:, :h].mT, alpha=-1.0)
+    _schur_lower_(f22[:, h:, h:], l21[:, h:])
+    return f22
+
+
 def factorize(coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None) -> MultifrontalFactor:
     """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
@@ -199,7 +218,7 @@ def factorize(coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None
         bad |= (info != 0).any()
         if lv.R:
             l21 = torch.linalg.solve_triangular(l11.mT, front[:, s_:, :s_], upper=True, left=False)
-            updates[k] = torch.baddbmm(front[:, s_:, s_:], l21, l21.mT, alpha=-1.0)
+            updates[k] = _schur_lower_(front[:, s_:, s_:], l21).contiguous()
             blocks.append((l11, l21))
         else:
             blocks.append((l11, None))

@@ -279,9 +279,7 @@ class PretrainTrainer:
             x = batch["image"].to(self.device)
             with torch.no_grad(), self._autocast():
                 out = self.module(x, **self._extras(batch), generator=torch.Generator().manual_seed(self.seed))
-                images = {"input": x, **self.module.reconstruct(x, out)}
-                # the "masked" view of an all-ones input is the visible-token map (1 seen, 0 masked)
-                images["visible"] = self.module.reconstruct(torch.ones_like(x), out)["masked"]
+                images = {"input": x, **self.module.reconstruct(x, out)}  # "visible" makes the MAE paste
             grid = reconstruction_grid(images, self.preview_samples)
             if self._writer is not None:
                 self._writer.add_image(f"reconstruction/{kind}", grid, self.step)

@@ -274,7 +274,8 @@ class UltraMAE(nn.Module):
         ``masked``: the input with everything but the visible tokens zeroed; ``pred``: the prediction for
         every token (de-normalised with each patch's own statistics for ``norm_pixel``); ``target``: what the
         model was asked to reconstruct (x, or x * confidence for ``cwus``). ``pixel+confidence`` adds
-        ``pred_confidence`` and ``confidence``.
+        ``pred_confidence`` and ``confidence``. ``visible`` is 1 on the tokens the encoder saw (the MAE
+        picture pastes the input there over the prediction).
         """
         kind, grid, c = out["kind"], out["grid"], self.encoder.in_channels
         pd = self.encoder.patch_dim
@@ -289,6 +290,7 @@ class UltraMAE(nn.Module):
         to_img = partial(unpatchify_input, grid=grid, kind=kind, tubelet=self.tubelet, channels=c)
         target = out["target"][..., :pd].float() if self.target in ("cwus", "pixel+confidence") else x_tok
         views = {"masked": to_img(x_tok * keep.unsqueeze(-1)), "pred": to_img(pred), "target": to_img(target)}
+        views["visible"] = to_img(keep.unsqueeze(-1).expand_as(x_tok))
         if self.target == "pixel+confidence":
             views["pred_confidence"] = to_img(out["pred"][..., pd:].float())
             views["confidence"] = to_img(out["target"][..., pd:].float())

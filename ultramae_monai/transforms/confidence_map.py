@@ -94,7 +94,13 @@ class UltrasoundConfidenceMap(Transform):
         mask: torch.Tensor | np.ndarray | None = None,
         fov_mask: torch.Tensor | np.ndarray | None = None,
     ) -> MetaTensor:
-        """``mask``: sink mask (``sink_mode="mask"``), ``(1, *spatial)``; ``fov_mask``: scan region, same shape."""
+        """``mask``: sink mask (``sink_mode="mask"``), ``(1, *spatial)``; ``fov_mask``: scan region, same shape.
+
+        Without ``fov_mask``, a MetaTensor's ``meta["fov_mask"]`` (stored by ``ScanRegion``) is used, so the
+        two transforms compose without glue.
+        """
+        if fov_mask is None and isinstance(img, MetaTensor):
+            fov_mask = img.meta.get(MetaKeys.FOV_MASK)
         kind = _kind(img)
         arr = _numpy(img).astype(np.float64)
         if self.params.sink_mode == "mask" and mask is None:
