@@ -112,13 +112,19 @@ def stencil_from_2d(c: np.ndarray, s: np.ndarray, e: np.ndarray, se: np.ndarray,
 
 
 def default_cut(sym: Symbolic, device: torch.device) -> int:
-    """Tree height below which the CPU kernels run: levels with many small fronts (none on a GPU)."""
+    """Tree height below which the CPU kernels run: levels of many small fronts (none on a GPU).
+
+    The compiled per-front loop beats padded batched kernels while fronts fit in cache; large fronts
+    (or few of them) go to torch, where MKL's blocked kernels win.
+    """
     if device.type != "cpu":
         return 0
-    return next((k for k, lv in enumerate(sym.levels) if lv.nb <= _CPU_BATCHED_FRONTS), len(sym.levels))
+    big = (k for k, lv in enumerate(sym.levels) if lv.nb <= _CPU_BATCHED_FRONTS or lv.S + lv.R > _CPU_MAX_FRONT)
+    return next(big, len(sym.levels))
 
 
-_CPU_BATCHED_FRONTS = 64  # on a CPU, levels with at most this many fronts use batched BLAS
+_CPU_BATCHED_FRONTS = 16  # on a CPU, levels with at most this many fronts use batched BLAS ...
+_CPU_MAX_FRONT = 480  # ... and so do levels with fronts larger than this
 
 
 @dataclass

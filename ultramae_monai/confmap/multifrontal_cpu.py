@@ -138,14 +138,31 @@ def _factor_node(
                 f[ri + i] = np.sqrt(acc)
             else:
                 f[ri + j] = acc / f[rj + j]
-        if i >= s:
-            for j in range(s, i + 1):
+        if i >= s:  # update row i: four inner products at a time share the loads of row i
+            j = s
+            while j + 3 <= i:
+                r0, r1, r2, r3 = j * m, (j + 1) * m, (j + 2) * m, (j + 3) * m
+                a0, a1, a2, a3 = f[ri + j], f[ri + j + 1], f[ri + j + 2], f[ri + j + 3]
+                for t in range(s):
+                    x = f[ri + t]
+                    a0 -= x * f[r0 + t]
+                    a1 -= x * f[r1 + t]
+                    a2 -= x * f[r2 + t]
+                    a3 -= x * f[r3 + t]
+                u_out[u_off] = a0
+                u_out[u_off + 1] = a1
+                u_out[u_off + 2] = a2
+                u_out[u_off + 3] = a3
+                u_off += 4
+                j += 4
+            while j <= i:
                 rj = j * m
                 acc = f[ri + j]
                 for t in range(s):
                     acc -= f[ri + t] * f[rj + t]
                 u_out[u_off] = acc
                 u_off += 1
+                j += 1
     for i in range(m):
         for t in range(min(i + 1, s)):
             lbuf[l_off + i * s + t] = f[i * m + t]

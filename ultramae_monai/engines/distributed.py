@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from typing import Any
 
 import torch
@@ -70,8 +71,15 @@ def distributed_device() -> torch.device:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group (a no-op without one)."""
+    """Leave the process group (a no-op without one).
+
+    The group's destructor joins gloo's worker thread while holding the GIL, and that thread needs the GIL
+    to free the tensors of the last collective: wait for every rank, then release the GIL briefly so the
+    worker finishes, before destroying the group (else the process can hang at exit).
+    """
     if is_distributed():
+        dist.barrier()
+        time.sleep(0.2)
         dist.destroy_process_group()
 
 

@@ -16,6 +16,7 @@ optional MLflow) and checkpoints on rank 0.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import json
 import logging
@@ -450,7 +451,19 @@ class PretrainTrainer:
                 self._save()
         self._preview()
         self._close()
+        self._release_ddp()
         return {"step": self.step, "epoch": self.epoch, "loss": last_loss, "seconds": time.perf_counter() - t_start}
+
+    def _release_ddp(self) -> None:
+        """Drop the DDP wrapper while the process group is still alive.
+
+        Freed later (at interpreter exit), its Reducer holds the last reference to the gloo process group,
+        whose destructor joins gloo's worker thread while holding the GIL; a worker still freeing the last
+        collective's tensors needs the GIL too, and the run hangs after its final step.
+        """
+        if self.model is not self.module:
+            self.model = self.module
+            gc.collect()
 
     def _close(self) -> None:
         if self._writer is not None:
