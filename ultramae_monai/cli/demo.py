@@ -151,8 +151,12 @@ def demo(out: str = "demo_out", steps: int = 30, img_size: int = 64, seed: int =
     with torch.no_grad():
         rec = model.reconstruct(x, model(x, **kwargs, generator=torch.Generator().manual_seed(seed)))
     _panel(
-        [x[0, 0].numpy(), rec["masked"][0, 0].numpy(), (rec["masked"] + (1 - rec["visible"]) * rec["pred"])[0, 0].clamp(0, 1).numpy(),
-         rec["target"][0, 0].numpy()],
+        [
+            x[0, 0].numpy(),
+            rec["masked"][0, 0].numpy(),
+            (rec["masked"] + (1 - rec["visible"]) * rec["pred"])[0, 0].clamp(0, 1).numpy(),
+            rec["target"][0, 0].numpy(),
+        ],
         out_dir / "2_reconstruction.png",
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from ultramae_monai.errors import InvalidInputError
+
 __all__ = [
     "KIND_CINE",
     "KIND_STILL",
@@ -57,6 +59,7 @@ class MetaKeys:
     SOURCE_FRAMES = "source_num_frames"  # frames in the file
     FRAME_INDICES = "frame_indices"  # which source frames were returned
     FOV_BOX = "fov_box"  # [row0, col0, row1, col1) of the scan region, when known
+    US_REGIONS = "us_regions"  # [r0, c0, r1, c1) box of every DICOM SequenceOfUltrasoundRegions item
     FOV_MASK = "fov_mask"  # key under which dict transforms store the FOV mask
     ORIGINAL_SHAPE = "original_shape"
 
@@ -69,7 +72,9 @@ def kind_of(x: torch.Tensor | np.ndarray) -> str:
         return KIND_STILL
     if x.ndim == 4:
         return KIND_CINE
-    raise ValueError(f"expected a channel-first array with 3 or 4 dims, got shape {tuple(x.shape)}")
+    raise InvalidInputError(
+        f"expected channel-first (C,H,W), (C,T,H,W) or (C,H,W,D) with metadata, got shape {tuple(x.shape)}"
+    )
 
 
 def spatial_affine(spacing: tuple[float, ...]) -> torch.Tensor:

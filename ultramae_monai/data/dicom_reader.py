@@ -22,7 +22,7 @@ from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
-from ultramae_monai.data.reader_base import FunctionImageReader, channels_first, existing_file
+from ultramae_monai.data.reader_base import DicomCapableReader, channels_first, existing_file
 from ultramae_monai.data.sampling import frame_indices
 from ultramae_monai.errors import (
     InvalidInputError,
@@ -47,7 +47,7 @@ __all__ = [
 
 DICOM_SUFFIXES = ("dcm", "dicom", "dic")
 US_MODALITIES = frozenset({"US", "IVUS"})
-US_REGIONS = "us_regions"  # meta key: [r0, c0, r1, c1) box of every SequenceOfUltrasoundRegions item
+US_REGIONS = MetaKeys.US_REGIONS
 US_REGION_BOX = "us_region_box"  # meta key: the box of the 2D tissue region that gave the spacing
 TRANSFER_SYNTAX = "transfer_syntax"  # meta key: transfer syntax name
 
@@ -305,7 +305,7 @@ def read_dicom(
     return make_metatensor(array, KIND_CINE if is_cine else KIND_STILL, meta)
 
 
-class UltrasoundDicomReader(FunctionImageReader):
+class UltrasoundDicomReader(DicomCapableReader):
     """MONAI reader for DICOM ultrasound: ``LoadImage(reader=UltrasoundDicomReader())`` gives ``(C, [T,] H, W)``.
 
     The constructor takes :func:`read_dicom`'s options (``color``, ``start``, ``stride``, ``clip_length``,
@@ -314,24 +314,6 @@ class UltrasoundDicomReader(FunctionImageReader):
 
     suffixes = DICOM_SUFFIXES
     read_fn = staticmethod(read_dicom)
-
-    def __init__(
-        self,
-        color: bool = False,
-        start: int = 0,
-        stride: int = 1,
-        clip_length: int | None = None,
-        max_frames: int | None = None,
-        allow_any_modality: bool = False,
-    ) -> None:
-        super().__init__(
-            color=color,
-            start=start,
-            stride=stride,
-            clip_length=clip_length,
-            max_frames=max_frames,
-            allow_any_modality=allow_any_modality,
-        )
 
     def matches_content(self, path: str | PathLike) -> bool:
         return is_dicom_file(path)  # PACS exports often have no suffix

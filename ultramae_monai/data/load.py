@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 
 from ultramae_monai.data.dicom_reader import DICOM_SUFFIXES, is_dicom_file, read_dicom
 from ultramae_monai.data.image_reader import IMAGE_SUFFIXES, read_image
-from ultramae_monai.data.reader_base import FunctionImageReader, existing_file, suffix_of
+from ultramae_monai.data.reader_base import DicomCapableReader, existing_file, suffix_of
 from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, read_video
 from ultramae_monai.data.volume_reader import VOLUME_SUFFIXES, read_volume
 from ultramae_monai.errors import UnreadableFileError
@@ -124,7 +124,7 @@ def load_ultrasound(
     return read_volume(path, color=color)
 
 
-class UltrasoundReader(FunctionImageReader):
+class UltrasoundReader(DicomCapableReader):
     """One MONAI reader for every ultrasound format: ``LoadImaged(keys, reader=UltrasoundReader())``.
 
     The constructor takes :func:`load_ultrasound`'s options; several files given at once are stacked on channels.
@@ -132,24 +132,6 @@ class UltrasoundReader(FunctionImageReader):
 
     suffixes = SUPPORTED_SUFFIXES
     read_fn = staticmethod(load_ultrasound)
-
-    def __init__(
-        self,
-        color: bool = False,
-        start: int = 0,
-        stride: int = 1,
-        clip_length: int | None = None,
-        max_frames: int | None = None,
-        allow_any_modality: bool = False,
-    ) -> None:
-        super().__init__(
-            color=color,
-            start=start,
-            stride=stride,
-            clip_length=clip_length,
-            max_frames=max_frames,
-            allow_any_modality=allow_any_modality,
-        )
 
     def matches_content(self, path: str | PathLike) -> bool:
         return is_dicom_file(path)  # suffix-less PACS files

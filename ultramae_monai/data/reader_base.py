@@ -20,7 +20,14 @@ from monai.utils import ensure_tuple
 from ultramae_monai.data.convention import MetaKeys
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
-__all__ = ["LUMA_BT601", "FunctionImageReader", "channels_first", "existing_file", "suffix_of"]
+__all__ = [
+    "LUMA_BT601",
+    "DicomCapableReader",
+    "FunctionImageReader",
+    "channels_first",
+    "existing_file",
+    "suffix_of",
+]
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -100,3 +107,28 @@ class FunctionImageReader(ImageReader):
         array = np.concatenate([i.numpy() for i in images], axis=0)
         meta[MetaKeys.ORIGINAL_SHAPE] = list(array.shape)
         return array, meta
+
+
+class DicomCapableReader(FunctionImageReader):
+    """A reader whose options are colour, frame selection and the DICOM modality check.
+
+    Shared by the DICOM reader and the dispatching ``UltrasoundReader``, which take the same options.
+    """
+
+    def __init__(
+        self,
+        color: bool = False,
+        start: int = 0,
+        stride: int = 1,
+        clip_length: int | None = None,
+        max_frames: int | None = None,
+        allow_any_modality: bool = False,
+    ) -> None:
+        super().__init__(
+            color=color,
+            start=start,
+            stride=stride,
+            clip_length=clip_length,
+            max_frames=max_frames,
+            allow_any_modality=allow_any_modality,
+        )

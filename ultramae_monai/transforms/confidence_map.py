@@ -26,21 +26,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map
-from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, KIND_VOLUME, MetaKeys
+from ultramae_monai.data.convention import KIND_CINE, KIND_VOLUME, MetaKeys, kind_of
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = ["UltrasoundConfidenceMap", "UltrasoundConfidenceMapd"]
-
-
-def _kind(img: torch.Tensor | np.ndarray) -> str:
-    """Still / cine / volume from the metadata, else 3 dims = still, 4 dims = cine (the convention)."""
-    if isinstance(img, MetaTensor) and MetaKeys.KIND in img.meta:
-        return str(img.meta[MetaKeys.KIND])
-    if img.ndim == 3:
-        return KIND_STILL
-    if img.ndim == 4:
-        return KIND_CINE
-    raise InvalidInputError(f"expected channel-first (C,H,W), (C,T,H,W) or (C,H,W,D), got shape {tuple(img.shape)}")
 
 
 def _numpy(x: Any) -> np.ndarray | None:
@@ -101,7 +90,7 @@ class UltrasoundConfidenceMap(Transform):
         """
         if fov_mask is None and isinstance(img, MetaTensor):
             fov_mask = img.meta.get(MetaKeys.FOV_MASK)
-        kind = _kind(img)
+        kind = kind_of(img)
         arr = _numpy(img).astype(np.float64)
         if self.params.sink_mode == "mask" and mask is None:
             raise InvalidInputError("sink_mode='mask' needs a sink mask")

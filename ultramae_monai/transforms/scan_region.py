@@ -27,7 +27,7 @@ from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box
 
 __all__ = ["REGIONS_META_KEY", "ScanRegion", "ScanRegiond", "apply_fov", "regions_from_meta"]
 
-REGIONS_META_KEY = "us_regions"
+REGIONS_META_KEY = MetaKeys.US_REGIONS
 
 
 def regions_from_meta(meta: Mapping[str, Any]) -> list[list[int]] | None:
