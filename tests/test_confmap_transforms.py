@@ -63,6 +63,27 @@ def test_cine_every_frame_and_multigrid_warm_start_matches() -> None:
     np.testing.assert_allclose(warm.numpy(), out.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("beam_axis", [0, 1])
+def test_cine_frames_batched_equal_frame_by_frame(beam_axis: int) -> None:
+    frames = np.stack([_speckle((24, 20), seed=s) for s in range(4)])[None]  # (1, T, H, W)
+    fov = np.zeros((1, 24, 20), bool)
+    fov[:, 2:22, 3:18] = True
+    batched = UltrasoundConfidenceMap(gamma=0.1, beam_axis=beam_axis)(frames, fov_mask=fov)  # auto: multifrontal
+    for t in range(4):
+        ref = confidence_map(frames[0, t], gamma=0.1, beam_axis=beam_axis, fov_mask=fov[0], backend="direct")
+        np.testing.assert_allclose(batched[0, t].numpy(), ref, atol=1e-6)
+
+
+def test_fov_mask_from_scan_region_metadata() -> None:
+    img = make_metatensor(_speckle((24, 20))[None] * 255, "still")
+    fov = np.zeros((1, 24, 20), bool)
+    fov[:, :, 4:16] = True
+    img.meta["fov_mask"] = torch.from_numpy(fov)
+    out = UltrasoundConfidenceMap()(img)
+    assert float(out[0][~torch.from_numpy(fov[0])].abs().max()) == 0.0
+    torch.testing.assert_close(out, UltrasoundConfidenceMap()(img.as_tensor(), fov_mask=fov))
+
+
 def test_volume_of_identical_slices_reproduces_2d() -> None:
     sl = _speckle((16, 14), seed=2)
     vol = np.repeat(sl[:, :, None], 5, axis=2)[None]

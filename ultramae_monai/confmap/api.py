@@ -5,10 +5,13 @@ seeds), so with default arguments a 2D map equals MONAI's to solver round-off. W
 of beam axis, a field-of-view mask (graph restricted to the FOV, 0 outside), 3D volumes (see
 :func:`ultramae_monai.confmap.graph.edge_offsets` for the neighbourhoods), input checks, and solvers:
 
-* ``direct`` (default): SuperLU in geometric nested-dissection order (exact, any grid);
+* ``multifrontal`` (``auto`` in 2D): exact level-batched multifrontal Cholesky on the grid's
+  nested-dissection tree (:mod:`ultramae_monai.confmap.multifrontal`); batches of frames factorise
+  together, on CPU or CUDA;
+* ``direct`` (``auto`` in 3D): SuperLU in geometric nested-dissection order (exact, any grid);
 * ``multigrid``: semicoarsening-multigrid-preconditioned CG (2D; supports warm starts ``x0``). It is
   exact to ``tol`` but, on real speckle, needs hundreds of iterations (see ``docs/confidence_map.md``),
-  so it is not the default.
+  so it is never chosen automatically.
 """
 
 from __future__ import annotations
@@ -21,16 +24,24 @@ import torch
 from scipy.signal import hilbert
 
 from ultramae_monai.confmap.direct import solve_direct
-from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
+from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
+from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch, stencil_from_2d
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg_solve
-from ultramae_monai.confmap.seeds import SINK_MODES, column_fill, make_seeds
+from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d
 from ultramae_monai.confmap.system import assemble_csr
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
-__all__ = ["BACKENDS", "ConfMapParams", "confidence_map", "solve_confidence_map"]
+__all__ = [
+    "BACKENDS",
+    "ConfMapParams",
+    "confidence_map",
+    "resolve_backend",
+    "solve_confidence_map",
+    "solve_confidence_maps",
+]
 
-BACKENDS = ("auto", "direct", "multigrid")
+BACKENDS = ("auto", "multifrontal", "direct", "multigrid")
 
 
 @dataclass(frozen=True)
@@ -72,17 +83,19 @@ def _as_float64(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def solve_confidence_map(
-    image: np.ndarray,
-    params: ConfMapParams,
-    sink_mask: np.ndarray | None = None,
-    fov_mask: np.ndarray | None = None,
-    x0: np.ndarray | None = None,
-) -> tuple[np.ndarray, SolveInfo]:
-    """Core solve on a float64 array with the beam along axis 0; returns the float64 map and solver info.
+@dataclass(frozen=True)
+class _Problem:
+    """One image's random-walk graph: edge weights, Dirichlet seeds and the (column-filled) FOV."""
 
-    ``x0`` (a previous map of the same shape) warm-starts the ``multigrid`` backend.
-    """
+    weights: EdgeWeights
+    seeds: Seeds
+    fov: np.ndarray | None
+
+
+def _prepare(
+    image: np.ndarray, params: ConfMapParams, sink_mask: np.ndarray | None, fov_mask: np.ndarray | None
+) -> _Problem | None:
+    """Checks, normalisation, attenuation, seeds and weights (MONAI's model); None for an empty FOV."""
     if image.ndim not in (2, 3):
         raise InvalidInputError(f"a confidence map needs a 2D image or 3D volume, got shape {image.shape}")
     if min(image.shape) < 3:
@@ -96,7 +109,7 @@ def solve_confidence_map(
             raise InvalidInputError(f"fov_mask has shape {fov_mask.shape}, the image {image.shape}")
         fov = column_fill(fov_mask)
         if not fov.any():
-            return np.zeros(image.shape), SolveInfo(iterations=0, residual=0.0)
+            return None
     data = normalize(image, fov)
     if params.mode == "RF":
         data = np.abs(hilbert(data, axis=0)).astype(np.float64)
@@ -105,11 +118,89 @@ def solve_confidence_map(
     except ValueError as err:
         raise InvalidInputError(str(err)) from err
     att = attenuation(image.shape[0], params.alpha).reshape((-1,) + (1,) * (image.ndim - 1))
-    weights = edge_weights(data * att, params.beta, params.gamma, fov, params.connectivity)
-    backend = "direct" if params.backend == "auto" else params.backend
+    return _Problem(edge_weights(data * att, params.beta, params.gamma, fov, params.connectivity), seeds, fov)
+
+
+def _finish(x: np.ndarray, problem: _Problem) -> np.ndarray:
+    """Seeds keep their values, outside the FOV is 0, and nothing non-finite leaves."""
+    seeds, fov = problem.seeds, problem.fov
+    x[seeds.fixed] = seeds.value[seeds.fixed]
+    if fov is not None:
+        x[~fov] = 0.0
+    if not np.isfinite(x).all():  # cannot happen for a valid SPD system; never hand NaN downstream
+        warnings.warn("confidence map solve produced non-finite values; they were set to 0", stacklevel=3)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+def resolve_backend(backend: str, ndim: int) -> str:
+    """``auto``: the exact multifrontal Cholesky in 2D (batched, any torch device), SuperLU-ND in 3D."""
+    if backend != "auto":
+        return backend
+    return "multifrontal" if ndim == 2 else "direct"
+
+
+def _is_8_connected_2d(problem: _Problem) -> bool:
+    return problem.weights.offsets == ((1, 0), (0, 1), (1, 1), (1, -1))
+
+
+def solve_confidence_maps(
+    images: np.ndarray,
+    params: ConfMapParams,
+    sink_mask: np.ndarray | None = None,
+    fov_mask: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Maps of a batch of 2D images ``(B, H, W)`` (beam along axis 1) of one shape, sharing masks.
+
+    With the ``multifrontal`` backend (the ``auto`` choice) the batch is factorised together, on ``device``
+    (e.g. CUDA) when given: the symbolic analysis is done once per shape and every tree level is one
+    batched dense kernel. Other backends solve the images one after the other (``multigrid`` warm-starts
+    each from the previous map, which suits cine frames).
+    """
+    if images.ndim != 3:
+        raise InvalidInputError(f"expected a batch of 2D images (B, H, W), got shape {images.shape}")
+    backend = resolve_backend(params.backend, 2)
+    if backend != "multifrontal":
+        out, prev = np.zeros(images.shape), None
+        for i, img in enumerate(images):
+            out[i], _ = solve_confidence_map(img, params, sink_mask, fov_mask, x0=prev)
+            prev = out[i]
+        return out
+    problems = [_prepare(img, params, sink_mask, fov_mask) for img in images]
+    todo = [i for i, p in enumerate(problems) if p is not None]
+    out = np.zeros(images.shape)
+    if not todo:
+        return out
+    systems = [assemble_2d(problems[i].weights, problems[i].seeds, problems[i].fov) for i in todo]
+    coef = np.stack([stencil_from_2d(st.c, st.s, st.e, st.se, st.ne) for st in systems])
+    rhs = np.stack([st.b[1:-1, 1:-1].ravel() for st in systems])
+    x = solve_multifrontal_batch(coef, rhs, images.shape[1:], device=device).cpu().numpy()
+    for k, i in enumerate(todo):
+        out[i] = _finish(x[k].reshape(images.shape[1:]), problems[i])
+    return out
+
+
+def solve_confidence_map(
+    image: np.ndarray,
+    params: ConfMapParams,
+    sink_mask: np.ndarray | None = None,
+    fov_mask: np.ndarray | None = None,
+    x0: np.ndarray | None = None,
+) -> tuple[np.ndarray, SolveInfo]:
+    """Core solve on a float64 array with the beam along axis 0; returns the float64 map and solver info.
+
+    ``x0`` (a previous map of the same shape) warm-starts the ``multigrid`` backend.
+    """
+    problem = _prepare(image, params, sink_mask, fov_mask)
+    if problem is None:
+        return np.zeros(image.shape), SolveInfo(iterations=0, residual=0.0)
+    weights, seeds, fov = problem.weights, problem.seeds, problem.fov
+    backend = resolve_backend(params.backend, image.ndim)
+    if backend in ("multigrid", "multifrontal") and not (image.ndim == 2 and _is_8_connected_2d(problem)):
+        raise InvalidInputError(f"the {backend} backend handles 8-connected 2D images only")
+    info = SolveInfo(iterations=1, residual=0.0)
     if backend == "multigrid":
-        if image.ndim != 2 or weights.offsets != ((1, 0), (0, 1), (1, 1), (1, -1)):
-            raise InvalidInputError("the multigrid backend handles 8-connected 2D images only")
         st = assemble_2d(weights, seeds, fov)
         start = None
         if x0 is not None and x0.shape == image.shape:
@@ -120,20 +211,18 @@ def solve_confidence_map(
         if not info.residual <= params.tol:
             raise ConvergenceError(
                 f"multigrid CG stopped after {info.iterations} iterations at relative residual "
-                f"{info.residual:.2e} > tol {params.tol:.1e}; use backend='direct'"
+                f"{info.residual:.2e} > tol {params.tol:.1e}; use backend='multifrontal' or 'direct'"
             )
         x = xp[1:-1, 1:-1].copy()
+    elif backend == "multifrontal":
+        st = assemble_2d(weights, seeds, fov)
+        coef = stencil_from_2d(st.c, st.s, st.e, st.se, st.ne)[None]
+        x = solve_multifrontal_batch(coef, st.b[1:-1, 1:-1].reshape(1, -1), image.shape)[0].numpy()
+        x = x.reshape(image.shape)
     else:
         mat, b, _ = assemble_csr(weights, seeds, fov)
         x = solve_direct(mat, b, image.shape).reshape(image.shape)
-        info = SolveInfo(iterations=1, residual=0.0)
-    x[seeds.fixed] = seeds.value[seeds.fixed]
-    if fov is not None:
-        x[~fov] = 0.0
-    if not np.isfinite(x).all():  # cannot happen for a valid SPD system; never hand NaN downstream
-        warnings.warn("confidence map solve produced non-finite values; they were set to 0", stacklevel=2)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    return x, info
+    return _finish(x, problem), info
 
 
 def confidence_map(
@@ -169,7 +258,11 @@ def confidence_map(
     def move(a: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
         return None if a is None else np.moveaxis(_as_float64(a), beam_axis, 0)
 
-    result, _ = solve_confidence_map(np.moveaxis(img, beam_axis, 0), params, move(sink_mask), move(fov_mask))
+    moved = np.moveaxis(img, beam_axis, 0)
+    if isinstance(image, torch.Tensor) and image.is_cuda and resolve_backend(backend, img.ndim) == "multifrontal":
+        result = solve_confidence_maps(moved[None], params, move(sink_mask), move(fov_mask), image.device)[0]
+    else:
+        result, _ = solve_confidence_map(moved, params, move(sink_mask), move(fov_mask))
     out = np.ascontiguousarray(np.moveaxis(result, 0, beam_axis), dtype=np.float32)
     if isinstance(image, torch.Tensor):
         return torch.from_numpy(out).to(image.device)

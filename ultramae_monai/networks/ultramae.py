@@ -145,24 +145,18 @@ class UltraMAE(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def compute_confidence(self, x: torch.Tensor, kind: str) -> torch.Tensor:
-        """Confidence maps for a batch, frame by frame (slices for volumes), moved to the model's device.
+        """Confidence maps (MONAI's defaults) of every frame of a batch, factorised together on ``x``'s device.
 
-        Precomputing maps in the data pipeline is much faster; this path is for convenience and previews.
+        Precomputing maps in the data pipeline (``ultramae curate``) is cheaper; this path is for convenience,
+        previews and small batches. Volumes are mapped slice by slice along their depth axis.
         """
-        try:
-            from ultramae_monai.confmap.api import confidence_map
-        except ImportError as err:
-            raise InvalidInputError(
-                f"target {self.target!r} / confidence sampling needs confidence maps: pass confidence=... "
-                f"(precomputed, same shape as x); computing them on the fly needs "
-                f"ultramae_monai.confmap.api.confidence_map, which is not available ({err})"
-            ) from err
+        from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_maps
+
         frames = to_frames(x, kind, 1)  # (B, C, T, H, W); a still has T = 1
         b, c, t, h, w = frames.shape
-        grey = frames.float().mean(dim=1).reshape(b * t, 1, h, w).cpu()
-        with torch.no_grad():  # confidence_map takes one (H, W) frame; beam axis = rows, as in the convention
-            maps = [torch.as_tensor(confidence_map(frame[0])) for frame in grey]
-            conf = torch.stack(maps).to(device=x.device, dtype=torch.float32)
+        grey = frames.detach().float().mean(dim=1).reshape(b * t, h, w).cpu().double().numpy()
+        maps = solve_confidence_maps(grey, ConfMapParams(), device=x.device)  # beam = rows (the convention)
+        conf = torch.from_numpy(maps).to(device=x.device, dtype=torch.float32)
         conf = conf.reshape(b, t, 1, h, w).transpose(1, 2).expand(b, c, t, h, w)
         return from_frames(conf, kind)
 

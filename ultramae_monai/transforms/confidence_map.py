@@ -25,7 +25,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map
+from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map, solve_confidence_maps
 from ultramae_monai.data.convention import KIND_CINE, KIND_VOLUME, MetaKeys, kind_of
 from ultramae_monai.errors import InvalidInputError
 
@@ -47,7 +47,8 @@ class UltrasoundConfidenceMap(Transform):
         alpha, beta, gamma, mode, sink_mode: as in MONAI's ``UltrasoundConfidenceMapTransform``.
         beam_axis: spatial axis along which the beam travels (0 = rows, the convention's depth axis);
             the transducer is at index 0 of that axis.
-        backend: ``"auto"``, ``"direct"`` or ``"multigrid"`` (see :mod:`ultramae_monai.confmap.api`).
+        backend: ``"auto"``, ``"multifrontal"``, ``"direct"`` or ``"multigrid"`` (see :mod:`ultramae_monai.confmap.api`);
+            cine frames are solved as one batch.
         connectivity: graph neighbourhood (2D: 8; 3D: 6, 10 or 14), default MONAI's 8 / 10 in 3D.
     """
 
@@ -76,6 +77,16 @@ class UltrasoundConfidenceMap(Transform):
 
         out, _ = solve_confidence_map(np.moveaxis(img, ax, 0), self.params, mv(sink), mv(fov), x0)
         return np.moveaxis(out, 0, ax), out
+
+    def _frames(self, frames: np.ndarray, sink: np.ndarray | None, fov: np.ndarray | None) -> np.ndarray:
+        """Maps of ``(T, H, W)`` frames with the beam along ``beam_axis`` of each frame."""
+        ax = 1 + self.beam_axis % 2
+
+        def mv(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.moveaxis(a, self.beam_axis, 0)
+
+        out = solve_confidence_maps(np.moveaxis(frames, ax, 1), self.params, mv(sink), mv(fov))
+        return np.moveaxis(out, 1, ax)
 
     def __call__(
         self,
@@ -109,11 +120,8 @@ class UltrasoundConfidenceMap(Transform):
         fov = None if fov is None else fov.reshape(spatial).astype(bool)
         out = np.zeros(arr.shape, dtype=np.float32)
         for c in range(arr.shape[0]):
-            if kind == KIND_CINE:
-                prev = None
-                for t in range(arr.shape[1]):
-                    res, prev = self._one(arr[c, t], sink, fov, prev)
-                    out[c, t] = res
+            if kind == KIND_CINE:  # all frames at once: batched factorisation (or warm starts for multigrid)
+                out[c] = self._frames(arr[c], sink, fov)
             else:
                 out[c] = self._one(arr[c], sink, fov, None)[0]
         result = torch.from_numpy(out)
