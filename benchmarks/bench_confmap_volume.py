@@ -85,17 +85,17 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=16)
     args = p.parse_args()
     torch.set_num_threads(2)
+    precs = list(args.precond)
     print(
         "| case | size | precond | weights+assembly s | factor s | CG s | total s | iterations | rel. residual "
         "| factor GB | peak RSS GB | max abs diff vs SuperLU | map range |"
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 13, flush=True)
     for size in args.sizes:
         for case in args.cases:
-            for pre in args.precond:
+            for pre in precs:
                 args.precond = pre
                 run(case, tuple(int(s) for s in size.split("x")), args)
-                args.precond = pre
 
 
 if __name__ == "__main__":

@@ -171,3 +171,19 @@ def test_config_yaml_matches_the_option_defaults(tmp_path):
         load_options(None, max_sidee=3)
     with pytest.raises(InvalidInputError):
         load_options(None, val_fraction=1.5)
+
+
+def test_walk_follows_symlinked_folders_without_looping(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ultramae_monai.curation.walk import find_sources
+
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.fromarray((np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8)).save(real / "a.png")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "linked").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(src, target_is_directory=True)  # a cycle back to the root
+    found, _ = find_sources(src)
+    assert [f.rel for f in found] == ["linked/a.png"]

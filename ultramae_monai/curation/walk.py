@@ -71,7 +71,14 @@ def find_sources(src: str | os.PathLike, exclude: Sequence[str] = ()) -> tuple[l
     patterns = [p.lower() for p in exclude]
     found: list[SourceFile] = []
     ignored = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen_dirs: set[tuple[int, int]] = set()
+    # archives are often assembled from symlinked folders or mounts: follow links, but never into a loop
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames.clear()
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name

@@ -1,0 +1,121 @@
+"""Slice-preconditioned CG for 3D confidence maps: exact against SuperLU, 2D-consistent, real RESECT crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ultramae_monai.confmap.direct import solve_direct
+from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_offsets, edge_weights, normalize
+from ultramae_monai.confmap.seeds import Seeds, make_seeds
+from ultramae_monai.confmap.system import assemble_csr
+from ultramae_monai.confmap.volume_solver import solve_volume, split_slices
+from ultramae_monai.errors import ConvergenceError, InvalidInputError
+
+
+def _system(image: np.ndarray, connectivity: int | None = None, drop_d: bool = False):
+    """The confidence-map system of ``image`` (beam on axis 0); ``drop_d`` removes every edge along D."""
+    data = normalize(image)
+    seeds = make_seeds(data)
+    att = attenuation(image.shape[0], 2.0).reshape((-1,) + (1,) * (image.ndim - 1))
+    weights = edge_weights(data * att, 90.0, 0.05, connectivity=connectivity)
+    if drop_d:
+        weights = EdgeWeights(
+            weights.offsets,
+            tuple(np.zeros_like(w) if off[2] else w for off, w in zip(weights.offsets, weights.weights, strict=True)),
+        )
+    mat, b, _ = assemble_csr(weights, seeds)
+    return mat, b
+
+
+def _random_system(shape: tuple[int, int, int], connectivity: int, seed: int):
+    """Log-uniform weights 1e-5..1 (a random-conductance medium) and random Dirichlet nodes."""
+    rng = np.random.default_rng(seed)
+    offsets = edge_offsets(3, connectivity)
+    idx = np.indices(shape)
+    weights = []
+    for off in offsets:
+        on = np.ones(shape, dtype=bool)
+        for ax, o in enumerate(off):
+            on &= (idx[ax] + o >= 0) & (idx[ax] + o < shape[ax])
+        weights.append(np.where(on, 10.0 ** rng.uniform(-5, 0, shape), 0.0))
+    fixed = rng.random(shape) < 0.05
+    fixed[0] = True
+    value = np.where(fixed, rng.random(shape), 0.0)
+    return assemble_csr(EdgeWeights(offsets, tuple(weights)), Seeds(fixed=fixed, value=value))[:2]
+
+
+@pytest.fixture(scope="module")
+def resect_crop(shared_data: Path) -> np.ndarray:
+    vol = np.asarray(nib.load(shared_data / "resect_3dus" / "Case3_US-before.nii.gz").dataobj, dtype=np.float64)
+    return vol[60:84, 100:116, 130:142]  # beam 24 x W 16 x D 12, through tissue
+
+
+@pytest.mark.parametrize("connectivity", [6, 10, 14])
+def test_random_system_equals_direct(connectivity: int) -> None:
+    shape = (9, 7, 8)
+    mat, b = _random_system(shape, connectivity, seed=connectivity)
+    x, info = solve_volume(mat, b, shape, tol=1e-13)
+    assert np.abs(x - solve_direct(mat, b, shape)).max() <= 1e-6
+    assert info.residual <= 1e-13 and info.iterations >= 2  # slices interact: more than one step
+
+
+@pytest.mark.parametrize("preconditioner", ["sgs", "jacobi", "sgs-coarse"])
+def test_resect_crop_equals_direct(resect_crop: np.ndarray, preconditioner: str) -> None:
+    mat, b = _system(resect_crop)
+    x, _ = solve_volume(mat, b, resect_crop.shape, tol=1e-12, preconditioner=preconditioner, chunk=32)
+    assert np.abs(x - solve_direct(mat, b, resect_crop.shape)).max() <= 1e-6
+
+
+def test_uncoupled_identical_slices_one_iteration_equal_2d(resect_crop: np.ndarray) -> None:
+    image = resect_crop[:, :, 0]
+    vol = np.repeat(image[:, :, None], 5, axis=2)
+    mat, b = _system(vol, drop_d=True)
+    x, info = solve_volume(mat, b, vol.shape, tol=1e-12)
+    assert info.iterations == 1
+    mat2, b2 = _system(image)
+    ref = solve_direct(mat2, b2, image.shape).reshape(image.shape)
+    assert np.abs(x.reshape(vol.shape) - ref[:, :, None]).max() <= 1e-9
+
+
+def test_identical_coupled_slices_coarse_correction_exact(resect_crop: np.ndarray) -> None:
+    """With the D edges kept, the D-constant coarse space makes identical slices a one-step solve."""
+    image = resect_crop[:, :, 3]
+    vol = np.repeat(image[:, :, None], 4, axis=2)
+    x, info = solve_volume(*_system(vol), vol.shape, tol=1e-12, preconditioner="sgs-coarse")
+    assert info.iterations == 1
+    mat2, b2 = _system(image)
+    ref = solve_direct(mat2, b2, image.shape).reshape(image.shape)
+    assert np.abs(x.reshape(vol.shape) - ref[:, :, None]).max() <= 1e-9
+
+
+def test_resect_map_properties(resect_crop: np.ndarray) -> None:
+    mat, b = _system(resect_crop)
+    x, _ = solve_volume(mat, b, resect_crop.shape)
+    seeds = make_seeds(normalize(resect_crop))
+    m = np.where(seeds.fixed, seeds.value, x.reshape(resect_crop.shape))  # seeds keep identity rows
+    assert m.min() >= -1e-9 and m.max() <= 1 + 1e-9
+    np.testing.assert_allclose(m[0], 1.0)
+    np.testing.assert_allclose(m[-1], 0.0, atol=1e-12)
+    depth_mean = m.mean(axis=(1, 2))
+    assert np.all(np.diff(depth_mean) < 0)
+
+
+def test_warm_start_and_non_convergence(resect_crop: np.ndarray) -> None:
+    mat, b = _system(resect_crop)
+    x, _ = solve_volume(mat, b, resect_crop.shape, tol=1e-11)
+    _, info = solve_volume(mat, b, resect_crop.shape, tol=1e-10, x0=x)
+    assert info.iterations == 0
+    with pytest.raises(ConvergenceError, match="relative residual"):
+        solve_volume(mat, b, resect_crop.shape, tol=1e-12, max_iter=2)
+
+
+def test_bad_input() -> None:
+    mat, b = _random_system((4, 4, 4), 10, seed=0)
+    with pytest.raises(InvalidInputError, match="does not match"):
+        split_slices(mat, (4, 4, 5))
+    with pytest.raises(InvalidInputError, match="preconditioner"):
+        solve_volume(mat, b, (4, 4, 4), preconditioner="ilu")
