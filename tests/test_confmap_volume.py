@@ -119,3 +119,17 @@ def test_bad_input() -> None:
         split_slices(mat, (4, 4, 5))
     with pytest.raises(InvalidInputError, match="preconditioner"):
         solve_volume(mat, b, (4, 4, 4), preconditioner="ilu")
+
+
+def test_public_api_slices_backend_equals_direct_and_auto_picks_by_size() -> None:
+    from ultramae_monai.confmap import confidence_map
+    from ultramae_monai.confmap.api import resolve_backend
+
+    rng = np.random.default_rng(3)
+    vol = rng.random((12, 10, 6)) * np.linspace(1, 0.3, 12)[:, None, None]
+    a = confidence_map(vol, backend="direct")
+    b = confidence_map(vol, backend="slices")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert resolve_backend("auto", 3, 50_000) == "direct"
+    assert resolve_backend("auto", 3, 256 * 256 * 288) == "slices"
+    assert resolve_backend("auto", 2) == "multifrontal"

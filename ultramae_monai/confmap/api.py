@@ -9,6 +9,9 @@ of beam axis, a field-of-view mask (graph restricted to the FOV, 0 outside), 3D 
   nested-dissection tree (:mod:`ultramae_monai.confmap.multifrontal`); batches of frames factorise
   together, on CPU or CUDA;
 * ``direct`` (``auto`` in 3D): SuperLU in geometric nested-dissection order (exact, any grid);
+* ``slices`` (``auto`` for volumes over 200k voxels): CG preconditioned by a symmetric red-black
+  Gauss-Seidel sweep over exactly factorised (beam, W) slices (:mod:`ultramae_monai.confmap.volume_solver`);
+  exact to ``tol`` but slow at full size (see ``docs/confidence_map_solver.md``);
 * ``multigrid``: semicoarsening-multigrid-preconditioned CG (2D; supports warm starts ``x0``). It is
   exact to ``tol`` but, on real speckle, needs hundreds of iterations (see ``docs/confidence_map.md``),
   so it is never chosen automatically.
@@ -30,6 +33,7 @@ from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg
 from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d
 from ultramae_monai.confmap.system import assemble_csr
+from ultramae_monai.confmap.volume_solver import solve_volume
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
@@ -41,7 +45,10 @@ __all__ = [
     "solve_confidence_maps",
 ]
 
-BACKENDS = ("auto", "multifrontal", "direct", "multigrid")
+BACKENDS = ("auto", "multifrontal", "direct", "slices", "multigrid")
+
+# above this many voxels SuperLU-ND needs tens of GB (dense separator fronts): use slice-preconditioned CG
+_DIRECT_MAX_VOXELS = 200_000
 
 
 @dataclass(frozen=True)
@@ -133,11 +140,14 @@ def _finish(x: np.ndarray, problem: _Problem) -> np.ndarray:
     return x
 
 
-def resolve_backend(backend: str, ndim: int) -> str:
-    """``auto``: the exact multifrontal Cholesky in 2D (batched, any torch device), SuperLU-ND in 3D."""
+def resolve_backend(backend: str, ndim: int, size: int = 0) -> str:
+    """``auto``: the exact multifrontal Cholesky in 2D (batched, any torch device); in 3D SuperLU-ND for
+    small volumes and CG preconditioned by exact slice solves (:mod:`.volume_solver`) for large ones."""
     if backend != "auto":
         return backend
-    return "multifrontal" if ndim == 2 else "direct"
+    if ndim == 2:
+        return "multifrontal"
+    return "direct" if size <= _DIRECT_MAX_VOXELS else "slices"
 
 
 def _is_8_connected_2d(problem: _Problem) -> bool:
@@ -196,7 +206,9 @@ def solve_confidence_map(
     if problem is None:
         return np.zeros(image.shape), SolveInfo(iterations=0, residual=0.0)
     weights, seeds, fov = problem.weights, problem.seeds, problem.fov
-    backend = resolve_backend(params.backend, image.ndim)
+    backend = resolve_backend(params.backend, image.ndim, image.size)
+    if backend == "slices" and image.ndim != 3:
+        raise InvalidInputError("the slices backend handles 3D volumes only")
     if backend in ("multigrid", "multifrontal") and not (image.ndim == 2 and _is_8_connected_2d(problem)):
         raise InvalidInputError(f"the {backend} backend handles 8-connected 2D images only")
     info = SolveInfo(iterations=1, residual=0.0)
@@ -218,6 +230,11 @@ def solve_confidence_map(
         st = assemble_2d(weights, seeds, fov)
         coef = stencil_from_2d(st.c, st.s, st.e, st.se, st.ne)[None]
         x = solve_multifrontal_batch(coef, st.b[1:-1, 1:-1].reshape(1, -1), image.shape)[0].numpy()
+        x = x.reshape(image.shape)
+    elif backend == "slices":
+        mat, b, _ = assemble_csr(weights, seeds, fov)
+        start = None if x0 is None or x0.shape != image.shape else x0.ravel()
+        x, info = solve_volume(mat, b, image.shape, tol=params.tol, max_iter=params.max_iter, x0=start)
         x = x.reshape(image.shape)
     else:
         mat, b, _ = assemble_csr(weights, seeds, fov)
