@@ -1,6 +1,6 @@
 """Draw a pretraining run's loss curve (``metrics.jsonl``) as a PNG with Pillow (matplotlib is not a dependency).
 
-python benchmarks/plot_pretrain_curve.py RUN_DIR/metrics.jsonl docs/images/pretrain_loss.png --title "..."
+python benchmarks/render_pretrain_results.py RUN_DIR DATA_DIR docs/images --target cwus --title "..."
 """
 
 from __future__ import annotations
@@ -64,12 +64,24 @@ def plot(metrics: Path, out: Path, title: str) -> None:
     img.save(out)
 
 
+def _val_dataset(model: UltraMAE, data: Path) -> ManifestDataset:
+    """The validation split, with the curated confidence maps when the target uses them."""
+    return ManifestDataset(
+        dataset_dir=data, split="val", img_size=model.img_size[0], num_frames=model.num_frames,
+        load_confidence=model.target in ("cwus", "pixel+confidence"),
+    )  # fmt: skip
+
+
+def _extras(batch: dict) -> dict:
+    return {k: batch[k] for k in ("fov_mask", "confidence") if k in batch}
+
+
 def reconstructions(run: Path, data: Path, out: Path, model: UltraMAE, samples: int, seed: int) -> list[Path]:
     """Grids of the first validation stills and clips, final checkpoint, fixed masks."""
     state = CheckpointManager(run / "checkpoints").load()
     model.load_state_dict(state["model"])
     model.eval()
-    ds = ManifestDataset(dataset_dir=data, split="val", img_size=model.img_size[0], num_frames=model.num_frames)
+    ds = _val_dataset(model, data)
     written = []
     for kind in ("still", "cine"):
         idx = [i for i, k in enumerate(ds.kinds) if k == kind][::3][:samples]  # spread over the split
@@ -78,9 +90,8 @@ def reconstructions(run: Path, data: Path, out: Path, model: UltraMAE, samples: 
         batch = torch.utils.data.default_collate([ds[i] for i in idx])
         x = batch["image"]
         with torch.no_grad():
-            res = model(x, fov_mask=batch["fov_mask"], generator=torch.Generator().manual_seed(seed))
+            res = model(x, **_extras(batch), generator=torch.Generator().manual_seed(seed))
             images = {"input": x, **model.reconstruct(x, res)}
-            images["visible"] = model.reconstruct(torch.ones_like(x), res)["masked"]
         path = out / f"pretrain_recon_{kind}_step{state['step']}.png"
         written.append(save_grid_png(reconstruction_grid(images, samples), path))
     return written
@@ -89,7 +100,7 @@ def reconstructions(run: Path, data: Path, out: Path, model: UltraMAE, samples: 
 def val_loss(model: UltraMAE, data: Path, batch: int = 16, seed: int = 1) -> dict[str, float]:
     """Mean masked-reconstruction loss per kind over the validation split, fixed masks, no augmentation."""
     model.eval()
-    ds = ManifestDataset(dataset_dir=data, split="val", img_size=model.img_size[0], num_frames=model.num_frames)
+    ds = _val_dataset(model, data)
     gen, result = torch.Generator().manual_seed(seed), {}
     for kind in ("still", "cine"):
         idx = [i for i, k in enumerate(ds.kinds) if k == kind]
@@ -97,7 +108,7 @@ def val_loss(model: UltraMAE, data: Path, batch: int = 16, seed: int = 1) -> dic
         for b in range(0, len(idx), batch):
             items = torch.utils.data.default_collate([ds[i] for i in idx[b : b + batch]])
             with torch.no_grad():
-                out = model(items["image"], fov_mask=items["fov_mask"], generator=gen)
+                out = model(items["image"], **_extras(items), generator=gen)
             total += float(out["loss"]) * len(items["image"])
         if idx:
             result[kind] = total / len(idx)
