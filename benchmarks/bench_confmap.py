@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from confmap_cases import cases  # benchmarks/ is on sys.path when a script here runs
 from monai.transforms import UltrasoundConfidenceMapTransform
 from PIL import Image
 
@@ -23,23 +24,6 @@ from ultramae_monai.confmap import confidence_map
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-
-
-def _grey(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    img = Image.open(path).convert("L")
-    return np.asarray(img.resize(size, Image.BILINEAR) if size else img)
-
-
-def _cases() -> list[tuple[str, np.ndarray, float]]:
-    ref = DATA / "confmap_reference"
-    hc = DATA / "hc18" / "images" / "010_HC.png"
-    return [
-        ("BUSI 256x256", _grey(DATA / "busi" / "benign" / "benign (10).png", (256, 256)), 0.05),
-        ("femur 512x476", _grey(ref / "femur_input.png"), 0.06),
-        ("neck 597x568", _grey(ref / "neck_input.png"), 0.03),
-        ("HC18 540x800", _grey(hc), 0.05),
-        ("HC18 768x1024 (resized)", _grey(hc, (1024, 768)), 0.05),
-    ]
 
 
 def _time(fn, reps: int) -> tuple[float, object]:
@@ -53,7 +37,7 @@ def _time(fn, reps: int) -> tuple[float, object]:
 
 def bench_2d() -> list[str]:
     rows = ["| image | pixels | MONAI (s) | ours (s) | ratio | max abs diff |", "|---|---|---|---|---|---|"]
-    for name, img, gamma in _cases():
+    for name, img, gamma in cases():
         monai_t = UltrasoundConfidenceMapTransform(alpha=2.0, beta=90.0, gamma=gamma, sink_mode="all")
         t_m, ref = _time(lambda m=monai_t, x=img: m(x[None]), 1)
         t_o, out = _time(lambda x=img, g=gamma: confidence_map(x, alpha=2.0, beta=90.0, gamma=g), 3)

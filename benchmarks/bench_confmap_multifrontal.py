@@ -23,8 +23,8 @@ from typing import Any
 import numba
 import numpy as np
 import torch
+from confmap_cases import cases  # benchmarks/ is on sys.path when a script here runs
 from monai.transforms import UltrasoundConfidenceMapTransform
-from PIL import Image
 
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
@@ -35,25 +35,7 @@ from ultramae_monai.confmap.stencil import assemble_2d
 from ultramae_monai.confmap.system import assemble_csr
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 HEADING = "### Multifrontal solver"
-
-
-def _grey(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    img = Image.open(path).convert("L")
-    return np.array(img.resize(size, Image.BILINEAR) if size else img)  # writable, as MONAI expects
-
-
-def _cases() -> list[tuple[str, np.ndarray, float]]:
-    ref = DATA / "confmap_reference"
-    hc = DATA / "hc18" / "images" / "010_HC.png"
-    return [
-        ("BUSI 256x256", _grey(DATA / "busi" / "benign" / "benign (10).png", (256, 256)), 0.05),
-        ("femur 512x476", _grey(ref / "femur_input.png"), 0.06),
-        ("neck 597x568", _grey(ref / "neck_input.png"), 0.03),
-        ("HC18 540x800", _grey(hc), 0.05),
-        ("HC18 768x1024 (resized)", _grey(hc, (1024, 768)), 0.05),
-    ]
 
 
 def _model(img: np.ndarray, gamma: float) -> tuple[EdgeWeights, Seeds]:
@@ -111,7 +93,7 @@ def bench(cores: int) -> list[str]:
         "shape (s) | 1 thread: model / factor / solve (ms) | factor Gflop (padded) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, img, gamma in _cases():
+    for name, img, gamma in cases():
         t_sym, sym = _timed(symbolic, img.shape)
         map_multifrontal(img, gamma)  # warm-up: numba kernels, per-shape caches
         monai_t = UltrasoundConfidenceMapTransform(alpha=2.0, beta=90.0, gamma=gamma, sink_mode="all")
