@@ -130,7 +130,9 @@ def _write(body: list[str]) -> None:
     j = text.index(end)
     i = text.find(HEADING, text.index("<!-- section: confmap -->"), j)
     i = j if i < 0 else i
-    doc.write_text(text[:i].rstrip("\n") + "\n\n" + HEADING + "\n\n" + "\n".join(body) + "\n" + text[j:])
+    nxt = text.find("\n### ", i + len(HEADING), j)  # keep the subsections that follow this one
+    k = j if nxt < 0 else nxt + 1
+    doc.write_text(text[:i].rstrip("\n") + "\n\n" + HEADING + "\n\n" + "\n".join(body) + "\n\n" + text[k:])
 
 
 def main() -> None:
