@@ -154,6 +154,17 @@ def _is_8_connected_2d(problem: _Problem) -> bool:
     return problem.weights.offsets == ((1, 0), (0, 1), (1, 1), (1, -1))
 
 
+def _solve_multifrontal(
+    problems: list[_Problem], shape: tuple[int, ...], device: str | torch.device | None = None
+) -> np.ndarray:
+    """Raw solutions ``(B, H, W)`` of 8-connected 2D problems of one shape, factorised as one batch."""
+    systems = [assemble_2d(p.weights, p.seeds, p.fov) for p in problems]
+    coef = np.stack([stencil_from_2d(st.c, st.s, st.e, st.se, st.ne) for st in systems])
+    rhs = np.stack([st.b[1:-1, 1:-1].ravel() for st in systems])
+    x = solve_multifrontal_batch(coef, rhs, tuple(shape), device=device).cpu().numpy()
+    return x.reshape(len(problems), *shape)
+
+
 def solve_confidence_maps(
     images: np.ndarray,
     params: ConfMapParams,
@@ -182,12 +193,9 @@ def solve_confidence_maps(
     out = np.zeros(images.shape)
     if not todo:
         return out
-    systems = [assemble_2d(problems[i].weights, problems[i].seeds, problems[i].fov) for i in todo]
-    coef = np.stack([stencil_from_2d(st.c, st.s, st.e, st.se, st.ne) for st in systems])
-    rhs = np.stack([st.b[1:-1, 1:-1].ravel() for st in systems])
-    x = solve_multifrontal_batch(coef, rhs, images.shape[1:], device=device).cpu().numpy()
+    x = _solve_multifrontal([problems[i] for i in todo], images.shape[1:], device)
     for k, i in enumerate(todo):
-        out[i] = _finish(x[k].reshape(images.shape[1:]), problems[i])
+        out[i] = _finish(x[k], problems[i])
     return out
 
 
@@ -227,10 +235,7 @@ def solve_confidence_map(
             )
         x = xp[1:-1, 1:-1].copy()
     elif backend == "multifrontal":
-        st = assemble_2d(weights, seeds, fov)
-        coef = stencil_from_2d(st.c, st.s, st.e, st.se, st.ne)[None]
-        x = solve_multifrontal_batch(coef, st.b[1:-1, 1:-1].reshape(1, -1), image.shape)[0].numpy()
-        x = x.reshape(image.shape)
+        x = _solve_multifrontal([problem], image.shape)[0]
     elif backend == "slices":
         mat, b, _ = assemble_csr(weights, seeds, fov)
         start = None if x0 is None or x0.shape != image.shape else x0.ravel()

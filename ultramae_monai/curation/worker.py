@@ -241,18 +241,16 @@ class _FileCurator:
     def _confidence(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         """Confidence map of each frame, on the grey image, restricted to the scan region: ``(1, [T,] H, W)``.
 
-        Frames are solved one by one: a ``(T, H, W)`` stack would be one 3D problem to the solver.
+        A clip's frames are solved as one batch of 2D maps (one factorisation per clip), never as one 3D problem.
         """
-        from ultramae_monai.confmap.api import confidence_map
+        from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_maps
 
         o = self.opts
-        grey = x.mean(0).numpy()  # (H, W) or (T, H, W)
-        fov = mask.numpy()
+        grey = x.mean(0).double().numpy()  # (H, W) or (T, H, W)
         frames = grey if grey.ndim == 3 else grey[None]
-        maps = [
-            confidence_map(f, alpha=o.alpha, beta=o.beta, gamma=o.gamma, sink_mode="all", fov_mask=fov) for f in frames
-        ]
-        out = np.stack(maps) if grey.ndim == 3 else maps[0]
+        params = ConfMapParams(alpha=o.alpha, beta=o.beta, gamma=o.gamma, sink_mode="all")
+        maps = solve_confidence_maps(frames, params, fov_mask=mask.numpy())
+        out = maps if grey.ndim == 3 else maps[0]
         return np.clip(out, 0.0, 1.0)[None].astype(np.float16)
 
     def _write(

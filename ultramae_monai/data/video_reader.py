@@ -14,7 +14,7 @@ A header count larger than the packets present means the file is truncated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -23,10 +23,10 @@ from typing import Any
 
 import av
 import numpy as np
-from monai.data import ImageReader, MetaTensor
-from monai.utils import ensure_tuple
+from monai.data import MetaTensor
 
 from ultramae_monai.data.convention import KIND_CINE, MetaKeys, make_metatensor
+from ultramae_monai.data.reader_base import FunctionImageReader
 from ultramae_monai.data.sampling import frame_indices
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
@@ -271,11 +271,14 @@ def read_video(
     return make_metatensor(array, KIND_CINE, meta)
 
 
-class UltrasoundVideoReader(ImageReader):
+class UltrasoundVideoReader(FunctionImageReader):
     """MONAI reader for video files, so ``LoadImage(reader=UltrasoundVideoReader())`` yields ``(C, T, H, W)`` cines.
 
     The constructor takes :func:`read_video`'s options; several files given at once are stacked on channels.
     """
+
+    suffixes = VIDEO_SUFFIXES
+    read_fn = staticmethod(read_video)
 
     def __init__(
         self,
@@ -286,32 +289,6 @@ class UltrasoundVideoReader(ImageReader):
         max_frames: int | None = None,
         seek: bool = True,
     ) -> None:
-        super().__init__()
-        self.options = {
-            "color": color,
-            "start": start,
-            "stride": stride,
-            "clip_length": clip_length,
-            "max_frames": max_frames,
-            "seek": seek,
-        }
-
-    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        return all(str(f).lower().rsplit(".", 1)[-1] in VIDEO_SUFFIXES for f in ensure_tuple(filename))
-
-    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> list[MetaTensor] | MetaTensor:
-        opts = {**self.options, **kwargs}
-        cines = [read_video(p, **opts) for p in ensure_tuple(data)]
-        return cines[0] if len(cines) == 1 else cines
-
-    def get_data(self, img: MetaTensor | list[MetaTensor]) -> tuple[np.ndarray, dict]:
-        cines = list(img) if isinstance(img, list) else [img]  # ensure_tuple would split a tensor into frames
-        shapes = {tuple(c.shape[1:]) for c in cines}
-        if len(shapes) > 1:
-            names = [c.meta["filename_or_obj"] for c in cines]
-            raise InvalidInputError(f"cannot stack videos of different (T, H, W) {sorted(shapes)}: {names}")
-        meta = dict(cines[0].meta)
-        meta["original_channel_dim"] = 0
-        array = np.concatenate([c.numpy() for c in cines], axis=0)
-        meta[MetaKeys.ORIGINAL_SHAPE] = list(array.shape)
-        return array, meta
+        super().__init__(
+            color=color, start=start, stride=stride, clip_length=clip_length, max_frames=max_frames, seek=seek
+        )
