@@ -96,9 +96,12 @@ def test_batch_equals_single_and_stencil_path_equals_csr() -> None:
     systems = [_random_system(shape, s) for s in range(3)]
     coef = np.stack([csr_to_stencil(m, shape) for m, _ in systems])
     bs = np.stack([b for _, b in systems])
-    xb = solve_multifrontal_batch(coef, bs, shape).numpy()
+    xb = solve_multifrontal_batch(coef, bs, shape, mixed=False).numpy()
     for k, (m, b) in enumerate(systems):
         np.testing.assert_allclose(xb[k], solve_multifrontal(m, b, shape), rtol=0, atol=1e-12)
+    # the default CPU path: float32 factor refined by float64 CG
+    xm = solve_multifrontal_batch(coef, bs, shape).numpy()
+    np.testing.assert_allclose(xm, xb, rtol=0, atol=1e-6 * np.abs(xb).max())
     # the torch-only path (as on a GPU) on a batch
     x0 = solve_factored(factorize(torch.from_numpy(coef), shape, 0), torch.from_numpy(bs)).numpy()
     np.testing.assert_allclose(x0, xb, rtol=0, atol=1e-11)

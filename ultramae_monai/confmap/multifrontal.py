@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ultramae_monai.confmap.multifrontal_blas import factorize_cpu, solve_cpu
 from ultramae_monai.confmap.multifrontal_cpu import (
     backward_lower,
     factor_lower,
@@ -28,6 +29,7 @@ from ultramae_monai.confmap.multifrontal_cpu import (
     lower_plan,
 )
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
+from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = [
@@ -275,10 +277,14 @@ def solve_multifrontal_batch(
     b: np.ndarray | torch.Tensor,
     shape: tuple[int, int],
     device: str | torch.device | None = None,
+    mixed: bool = True,
 ) -> torch.Tensor:
     """Solve ``B`` SPD 9-point grid systems of one ``shape``: stencil ``coef`` ``(B, H * W, 9)``, ``b`` ``(B, H * W)``.
 
-    Runs on ``device`` (default: that of ``coef``, CPU for numpy) in float64; returns ``(B, H * W)``.
+    Runs on ``device`` (default: that of ``coef``, CPU for numpy); returns float64 ``(B, H * W)``. On a CPU
+    with ``mixed`` (default) the factor is float32 and CG in float64 refines the solution to an estimated
+    1e-6 (:func:`ultramae_monai.confmap.refine.pcg_refine`); should that fail, and on other devices, the
+    factorisation is float64 and exact.
     Build ``coef`` with :func:`csr_to_stencil` or, without a CSR matrix, :func:`stencil_from_2d`.
     """
     h, w = int(shape[0]), int(shape[1])
@@ -290,7 +296,20 @@ def solve_multifrontal_batch(
         )
     if h < 1 or w < 1:
         raise InvalidInputError(f"empty grid {shape}")
+    if coef_t.device.type == "cpu" and mixed:
+        x = _solve_mixed_cpu(coef_t.numpy(), b_t.numpy(), (h, w))
+        if x is not None:
+            return torch.from_numpy(x)
     return solve_factored(factorize(coef_t, (h, w)), b_t)
+
+
+def _solve_mixed_cpu(coef: np.ndarray, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """float32 factor + float64 CG (:mod:`.multifrontal_blas`, :mod:`.refine`); None if either gives up."""
+    factor = factorize_cpu(coef, shape)
+    if factor is None:  # a float32 pivot was not positive
+        return None
+    x, info = pcg_refine(coef, b, shape, lambda r: solve_cpu(factor, r).astype(np.float64))
+    return x if info.converged else None
 
 
 def solve_multifrontal(mat: sp.csr_matrix, b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -298,5 +317,5 @@ def solve_multifrontal(mat: sp.csr_matrix, b: np.ndarray, shape: tuple[int, ...]
     if len(shape) != 2:
         raise InvalidInputError(f"the multifrontal solver handles 2D grids, got shape {shape}")
     coef = csr_to_stencil(mat, (int(shape[0]), int(shape[1])))
-    x = solve_multifrontal_batch(coef[None], np.asarray(b, dtype=np.float64)[None], (shape[0], shape[1]))
+    x = solve_multifrontal_batch(coef[None], np.asarray(b, dtype=np.float64)[None], (shape[0], shape[1]), mixed=False)
     return x[0].numpy()

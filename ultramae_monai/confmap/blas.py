@@ -1,0 +1,82 @@
+"""Single-precision BLAS/LAPACK kernels callable from numba code, through SciPy's Cython exports.
+
+The CPU multifrontal factorisation (:mod:`ultramae_monai.confmap.multifrontal_blas`) walks the elimination
+tree in compiled code and needs blocked dense kernels for each front without going back to Python:
+``spotrf`` (Cholesky of the pivot block), ``strsm`` (the off-diagonal block) and ``ssyrk`` (the Schur
+update, lower triangle only). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
+``scipy.linalg.cython_blas`` / ``cython_lapack``; numba calls them through ``ctypes`` prototypes whose
+arguments are all pointers (Fortran calling convention); binding them as named external symbols keeps
+the compiled callers cacheable. Call them with one BLAS thread
+(:func:`single_threaded_blas`): the tree walk is parallel itself, and on this class of machine OpenBLAS's
+own threads make small fronts 10x slower.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import llvmlite.binding as llvm
+import numba as nb
+import numpy as np
+from numba import types
+from numba.extending import get_cython_function_address
+from threadpoolctl import ThreadpoolController
+
+__all__ = ["partial_cholesky", "single_threaded_blas"]
+
+
+
+def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
+    """An external symbol bound to SciPy's function: resolved by name at link time, so numba can cache."""
+    symbol = f"ultramae_{name}"
+    llvm.add_symbol(symbol, get_cython_function_address(module, name))
+    return types.ExternalFunction(symbol, types.void(*([types.voidptr] * nargs)))
+
+
+_spotrf = _fn("scipy.linalg.cython_lapack", "spotrf", 5)
+_strsm = _fn("scipy.linalg.cython_blas", "strsm", 11)
+_ssyrk = _fn("scipy.linalg.cython_blas", "ssyrk", 10)
+
+_controller: ThreadpoolController | None = None
+
+
+def single_threaded_blas() -> AbstractContextManager:
+    """Context in which every loaded BLAS runs one thread (the controller is built once)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+_L, _N, _R, _T = ord("L"), ord("N"), ord("R"), ord("T")
+
+
+@nb.njit(cache=True, nogil=True)
+def partial_cholesky(f: np.ndarray, m: int, s: int) -> bool:
+    """Eliminate the first ``s`` of ``m`` unknowns of a float32 front in place (column-major, lower).
+
+    ``f[: m * m]`` holds the lower triangle with leading dimension ``m``. Afterwards its first ``s``
+    columns are ``[L11; L21]`` and its trailing ``(m - s)`` block is ``F22 - L21 L21^T`` (lower triangle).
+    Returns False when the pivot block is not positive definite.
+    """
+    ch = np.empty(4, np.uint8)
+    ch[0], ch[1], ch[2], ch[3] = _L, _N, _R, _T
+    iv = np.empty(4, np.int32)
+    iv[0], iv[1], iv[2], iv[3] = s, m, m - s, 0
+    one = np.empty(2, np.float32)
+    one[0], one[1] = 1.0, -1.0
+    _spotrf(ch[0:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
+    if iv[3] != 0:
+        return False
+    if m > s:
+        f21 = f[s:]
+        _strsm(
+            ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
+            one[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
+        )  # fmt: skip
+        f22 = f[s + s * m :]
+        _ssyrk(
+            ch[0:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes, one[1:].ctypes, f21.ctypes,
+            iv[1:].ctypes, one[0:].ctypes, f22.ctypes, iv[1:].ctypes,
+        )  # fmt: skip
+    return True
