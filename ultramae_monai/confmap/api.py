@@ -28,10 +28,10 @@ from scipy.signal import hilbert
 
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
-from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch, stencil_from_2d
+from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg_solve
 from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
-from ultramae_monai.confmap.stencil import assemble_2d
+from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
 from ultramae_monai.confmap.volume_solver import solve_volume
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
@@ -158,9 +158,10 @@ def _solve_multifrontal(
     problems: list[_Problem], shape: tuple[int, ...], device: str | torch.device | None = None
 ) -> np.ndarray:
     """Raw solutions ``(B, H, W)`` of 8-connected 2D problems of one shape, factorised as one batch."""
-    systems = [assemble_2d(p.weights, p.seeds, p.fov) for p in problems]
-    coef = np.stack([stencil_from_2d(st.c, st.s, st.e, st.se, st.ne) for st in systems])
-    rhs = np.stack([st.b[1:-1, 1:-1].ravel() for st in systems])
+    h, w = int(shape[0]), int(shape[1])
+    coef, rhs = np.empty((len(problems), h * w, 9)), np.empty((len(problems), h * w))
+    for i, p in enumerate(problems):
+        coef[i], rhs[i] = stencil_9pt(p.weights, p.seeds, p.fov)
     x = solve_multifrontal_batch(coef, rhs, tuple(shape), device=device).cpu().numpy()
     return x.reshape(len(problems), *shape)
 

@@ -3,9 +3,11 @@
 Same elimination tree and fronts as :mod:`ultramae_monai.confmap.multifrontal` (nested dissection of the
 grid, fixed per shape), but organised for a CPU rather than for batched tensor kernels:
 
-* the tree is cut into independent subtrees, one numba thread each, walked depth-first. A front lives
-  in a per-depth slot of the thread's arena; a finished child adds its update matrix straight into its
-  parent's slot (Duff & Reid, ACM TOMS 9(3), 1983), so there is no update stack and no padding;
+* the tree is cut into independent subtrees, one numba thread each, walked depth-first. A front's
+  pivot columns are built in place in the factor; its update block lives in a per-depth slot of the
+  thread's arena, and a finished child adds its update straight into its parent's front (Duff & Reid,
+  ACM TOMS 9(3), 1983): no update stack, no copies, no padding. Rings are ordered as in the parent's
+  front (:mod:`.multifrontal_symbolic`), so that scatter runs down each column in order;
 * each front is eliminated by ``spotrf``/``strsm``/``ssyrk`` (:mod:`.blas`, single-threaded), or, for the
   tiny fronts low in the tree where a library call costs more than the arithmetic, by a short
   vectorised loop;
@@ -13,8 +15,9 @@ grid, fixed per shape), but organised for a CPU rather than for batched tensor k
   weights span 1e-5..1), so :mod:`ultramae_monai.confmap.refine` uses the factor as a preconditioner for
   conjugate gradients in float64, which reaches float64 accuracy in two or three steps.
 
-Fronts are column-major with leading dimension ``m = s + r`` (``s`` eliminated nodes, ``r`` ring nodes);
-only the lower triangle is read. The factor keeps each node's first ``s`` columns, ``[L11; L21]``.
+Fronts are column-major (``s`` eliminated nodes, ``r`` ring nodes, ``m = s + r``): the first ``s`` columns
+(leading dimension ``m``) become the factor's ``[L11; L21]``, the trailing ``r x r`` block (leading
+dimension ``r``) the update; only lower triangles are read.
 """
 
 from __future__ import annotations
@@ -30,25 +33,26 @@ from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
 
-SMALL_FRONT = 80  # fronts with m below this are eliminated by the compiled loop, not BLAS
+SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop, not BLAS
 
 
 @dataclass(frozen=True, eq=False)
 class CpuPlan:
     """Per-shape schedule: ``nsub`` subtrees (``first[t]..root[t]`` in post-order) and the ``upper`` nodes.
 
-    ``slot`` offsets a front at relative depth ``d`` inside a subtree arena of ``arena`` floats; upper
-    node ``upper[i]`` has its own front at ``upper_off[i]``. ``l_ptr`` offsets each node's ``m * s``
-    factor columns. ``kq_off[c]`` is where child ``c``'s ring positions start in ``tree.kid_q``.
-    ``upper_pos[g]`` numbers the grid nodes eliminated by upper nodes (-1 elsewhere).
+    A node's update block waits for its parent in slot ``sib`` (its index among its siblings) at its
+    depth relative to its subtree root: ``slot[d] + sib * slot_len[d]`` in a subtree arena of ``arena``
+    floats (a subtree root's block starts the arena); upper node ``upper[i]`` keeps its block at
+    ``upper_off[i]``. ``l_ptr`` offsets each node's ``m * s`` factor columns. A child's ring maps to its
+    parent's front in runs of consecutive positions (:func:`_runs`); its first ``split`` ring nodes are
+    the parent's pivots. ``upper_pos[g]`` numbers the grid nodes eliminated by upper nodes (-1 elsewhere).
     """
 
     sym: Symbolic
     s: np.ndarray
     m: np.ndarray
     depth: np.ndarray
-    kq_off: np.ndarray
-    first_kid: np.ndarray
+    sib: np.ndarray
     kids_ptr: np.ndarray
     kids: np.ndarray
     l_ptr: np.ndarray
@@ -57,11 +61,15 @@ class CpuPlan:
     task_of: np.ndarray
     upper: np.ndarray
     upper_off: np.ndarray
-    upper_size: int
     slot: np.ndarray
+    slot_len: np.ndarray
     arena: int
     upper_pos: np.ndarray
     n_upper_nodes: int
+    run_ptr: np.ndarray
+    run_a: np.ndarray
+    run_q: np.ndarray
+    split: np.ndarray
 
     @property
     def nsub(self) -> int:
@@ -83,18 +91,16 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1) -> CpuPlan:
             depth[k] = depth[tr.parent[k]] + 1
     # children lists (post-order within a parent) and where each child's ring sits in kid_q
     order = np.lexsort((np.arange(nn), tr.parent))
-    order = order[tr.parent[order] >= 0]
-    kids = order.astype(np.int64)
+    kids = order[tr.parent[order] >= 0].astype(np.int64)
     kids_ptr = np.zeros(nn + 1, dtype=np.int64)
     kids_ptr[1:] = np.cumsum(np.bincount(tr.parent[kids], minlength=nn))
     kq_off = np.full(nn, -1, dtype=np.int64)
-    first_kid = np.zeros(nn, dtype=np.bool_)
+    sib = np.zeros(nn, dtype=np.int64)
     for p in np.flatnonzero(np.diff(kids_ptr)):
         off = tr.kid_ptr[p]
         for i, c in enumerate(kids[kids_ptr[p] : kids_ptr[p + 1]]):
-            kq_off[c] = off
+            kq_off[c], sib[c] = off, i
             off += r[c]
-            first_kid[c] = i == 0
     l_ptr = np.zeros(nn + 1, dtype=np.int64)
     l_ptr[1:] = np.cumsum(m * s)
     # subtrees: all nodes at the shallowest depth with at least `parts` nodes
@@ -111,21 +117,52 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1) -> CpuPlan:
     task_of[root] = np.arange(len(root))
     upper = np.flatnonzero(depth < d_cut)
     upper_off = np.zeros(len(upper) + 1, dtype=np.int64)
-    upper_off[1:] = np.cumsum(m[upper] ** 2)
+    upper_off[1:] = np.cumsum(r[upper] ** 2)
     in_sub = depth >= d_cut
     rel = depth - d_cut
-    slot_len = np.zeros(int(rel.max()) + 1, dtype=np.int64)
-    np.maximum.at(slot_len, rel[in_sub], m[in_sub] ** 2)
+    slot_len = np.zeros(int(rel.max()) + 2, dtype=np.int64)  # one spare level: leaves look below
+    np.maximum.at(slot_len, rel[in_sub], r[in_sub] ** 2)
+    n_sib = int(sib.max()) + 1
     slot = np.zeros(len(slot_len) + 1, dtype=np.int64)
-    slot[1:] = np.cumsum(slot_len)
+    slot[1:] = np.cumsum(slot_len * n_sib)
     n = shape[0] * shape[1]
     upper_pos = np.full(n, -1, dtype=np.int64)
     upper_nodes = np.concatenate([tr.elim[tr.elim_ptr[k] : tr.elim_ptr[k + 1]] for k in upper]) if len(upper) else []
     upper_pos[np.asarray(upper_nodes, dtype=np.int64)] = np.arange(len(upper_nodes))
+    run_ptr, run_a, run_q, split = _runs(tr.kid_q, kq_off, r, s, tr.parent)
     return CpuPlan(
-        sym, s, m, depth, kq_off, first_kid, kids_ptr, kids, l_ptr, first, root, task_of, upper, upper_off,
-        int(upper_off[-1]), slot, int(slot[-1]), upper_pos, len(upper_nodes),
+        sym, s, m, depth, sib, kids_ptr, kids, l_ptr, first, root, task_of, upper, upper_off, slot, slot_len,
+        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split,
     )  # fmt: skip
+
+
+def _runs(
+    kid_q: np.ndarray, kq_off: np.ndarray, r: np.ndarray, s: np.ndarray, parent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of consecutive parent positions in each child's ring map (see :class:`CpuPlan`).
+
+    Child ``c``'s block ``run_ptr[c]:run_ptr[c + 1]`` lists its runs' first ring index ``run_a`` and first
+    parent position ``run_q``, then a closing entry ``run_a = r[c]``, so run ``i`` ends where ``i + 1`` starts.
+    ``split[c]`` counts the ring nodes that are the parent's pivots (they come first: positions increase).
+    """
+    nn = len(r)
+    lens = np.zeros(nn, dtype=np.int64)
+    split = np.zeros(nn, dtype=np.int64)
+    starts_a, starts_q = [], []
+    for c in range(nn):
+        if kq_off[c] < 0 or r[c] == 0:
+            continue
+        q = kid_q[kq_off[c] : kq_off[c] + r[c]]
+        a0 = np.flatnonzero(np.r_[True, np.diff(q) != 1])
+        starts_a.append(np.r_[a0, r[c]])
+        starts_q.append(np.r_[q[a0], -1])
+        lens[c] = len(a0) + 1
+        split[c] = np.searchsorted(q, s[parent[c]])
+    run_ptr = np.zeros(nn + 1, dtype=np.int64)
+    run_ptr[1:] = np.cumsum(lens)
+    run_a = np.concatenate(starts_a).astype(np.int64) if starts_a else np.zeros(0, np.int64)
+    run_q = np.concatenate(starts_q).astype(np.int64) if starts_q else np.zeros(0, np.int64)
+    return run_ptr, run_a, run_q, split
 
 
 @dataclass
@@ -144,32 +181,38 @@ class CpuFactor:
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _init_front(k, f, m, coef, asm_ptr, asm_src, asm_p, asm_q):
-    """Zero the lower triangle of node ``k``'s front and put in its original matrix entries."""
-    for j in range(m):
-        f[j * m + j : (j + 1) * m] = 0.0
+def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q):  # noqa: ANN001, ANN202
+    """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns)."""
+    lf[: m * s] = 0.0
     for e in range(asm_ptr[k], asm_ptr[k + 1]):
-        f[asm_p[e] + asm_q[e] * m] = coef[asm_src[e]]
+        lf[asm_p[e] + asm_q[e] * m] = coef[asm_src[e]]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _extend_add(fc, mc, sc, q, fp, mp):
-    """Add a child's update (the trailing block of its front ``fc``) into its parent's front ``fp``."""
-    rc = mc - sc
-    for b in range(rc):
-        qb = q[b]
-        base = (sc + b) * mc + sc
-        for a in range(b, rc):
-            qa = q[a]
-            if qa >= qb:
-                fp[qa + qb * mp] += fc[base + a]
-            else:
-                fp[qb + qa * mp] += fc[base + a]
+def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):  # noqa: ANN001, ANN202
+    """Add columns ``b_lo:b_hi`` of a child's update ``uc`` (``rc x rc``) into its parent's front, run by run."""
+    rp = mp - sp
+    nrun = len(ra) - 1
+    jb = 0  # the run holding column b
+    for b in range(b_lo, b_hi):
+        while ra[jb + 1] <= b:
+            jb += 1
+        qb = rq[jb] + b - ra[jb]
+        base = b * rc
+        if qb < sp:  # a pivot column of the parent
+            dst, col = lp, qb * mp
+        else:
+            dst, col = up, (qb - sp) * rp - sp
+        for j in range(jb, nrun):
+            lo = max(ra[j], b)
+            shift = col + rq[j] - ra[j]
+            for a in range(lo, ra[j + 1]):
+                dst[shift + a] += uc[base + a]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _partial_cholesky_small(f, m, s):
-    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, then one rank-``s`` update."""
+def _partial_cholesky_small(f, m, s, u):  # noqa: ANN001, ANN202
+    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, then ``u = -L21 L21^T``."""
     for j in range(s):
         cj = j * m
         for t in range(j):
@@ -185,83 +228,110 @@ def _partial_cholesky_small(f, m, s):
         inv = np.float32(1.0) / d
         for i in range(j + 1, m):
             f[cj + i] *= inv
-    for c in range(s, m):
-        cc = c * m
+    r = m - s
+    u[: r * r] = 0.0
+    for c in range(r):
+        cc = c * r
         for t in range(s):
-            coef = f[c + t * m]
-            ct = t * m
-            for i in range(c, m):
-                f[cc + i] -= f[ct + i] * coef
+            coef = f[s + c + t * m]
+            ct = t * m + s
+            for i in range(r):
+                u[cc + i] -= f[ct + i] * coef
     return True
 
 
 @nb.njit(cache=True, nogil=True)
-def _eliminate(f, m, s):
-    if m < SMALL_FRONT:
-        return _partial_cholesky_small(f, m, s)
-    return partial_cholesky(f, m, s)
+def _eliminate(f, m, s, u, small):  # noqa: ANN001, ANN202
+    if m < small:
+        return _partial_cholesky_small(f, m, s, u)
+    return partial_cholesky(f, m, s, u)
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _factor_subtree(
-    t, coef, arena, lb, first, root, slot, depth, s_, m_, parent, nkids, first_kid, kq_off, kid_q, l_ptr,
-    asm_ptr, asm_src, asm_p, asm_q,
-):
-    """Factor subtree ``t`` depth-first; its root's update stays in slot 0 of ``arena``."""
-    ok = True
-    d0 = depth[root[t]]
-    for k in range(first[t], root[t] + 1):
-        m, s = m_[k], s_[k]
-        d = depth[k] - d0
-        f = arena[slot[d] :]
-        if nkids[k] == 0:
-            _init_front(k, f, m, coef, asm_ptr, asm_src, asm_p, asm_q)
-        ok &= _eliminate(f, m, s)
-        lb[l_ptr[k] : l_ptr[k] + m * s] = f[: m * s]
-        if k != root[t]:
-            p = parent[k]
-            fp = arena[slot[d - 1] :]
-            if first_kid[k]:
-                _init_front(p, fp, m_[p], coef, asm_ptr, asm_src, asm_p, asm_q)
-            _extend_add(f, m, s, kid_q[kq_off[k] : kq_off[k] + m - s], fp, m_[p])
-    return ok
+def _node(  # noqa: ANN202
+    k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q,
+    small,
+):  # noqa: ANN001
+    """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
+
+    Children's contributions to the pivot columns go in first; their trailing parts are added after the
+    elimination has overwritten ``u`` with ``-L21 L21^T``, so update blocks are never zeroed.
+    """
+    m, s = m_[k], s_[k]
+    _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q)
+    for phase in range(2):
+        if phase == 1 and not _eliminate(lf, m, s, u, small):
+            return False
+        for i in range(kids_ptr[k], kids_ptr[k + 1]):
+            c = kids[i]
+            uc = uc0 if i == kids_ptr[k] else uc1
+            rc = m_[c] - s_[c]
+            ra, rq = run_a[run_ptr[c] : run_ptr[c + 1]], run_q[run_ptr[c] : run_ptr[c + 1]]
+            lo, hi = (0, split[c]) if phase == 0 else (split[c], rc)
+            _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u)
+    return True
 
 
 @nb.njit(cache=True, parallel=True)
-def _factor_all(
-    coef, arenas, uarenas, lbuf, first, root, slot, depth, s_, m_, parent, nkids, first_kid, kq_off, kid_q,
-    l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, kids_ptr, kids,
-):
+def _factor_all(  # noqa: ANN202
+    coef, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
+    run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, small,
+):  # noqa: ANN001
     batch = coef.shape[0]
     nsub = len(root)
     ok = np.ones(batch * nsub + batch, dtype=np.bool_)
     for task in nb.prange(batch * nsub):
         b, t = task // nsub, task % nsub
-        ok[task] = _factor_subtree(
-            t, coef[b], arenas[task], lbuf[b], first, root, slot, depth, s_, m_, parent, nkids, first_kid,
-            kq_off, kid_q, l_ptr, asm_ptr, asm_src, asm_p, asm_q,
-        )  # fmt: skip
-    for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
-        fu = uarenas[b]
+        arena, lb, cb = arenas[task], lbuf[b], coef[b]
+        d0 = depth[root[t]]
         good = True
+        for k in range(first[t], root[t] + 1):
+            d = depth[k] - d0
+            u = arena[slot[d] + (0 if k == root[t] else sib[k]) * slot_len[d] :]
+            uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
+            good &= _node(
+                k, cb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
+                asm_ptr, asm_src, asm_p, asm_q, small,
+            )  # fmt: skip
+        ok[task] = good
+    for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
+        good = True
+        ua = uarenas[b]
         for i in range(len(upper)):
             k = upper[i]
-            m, s = m_[k], s_[k]
-            f = fu[upper_off[i] :]
-            _init_front(k, f, m, coef[b], asm_ptr, asm_src, asm_p, asm_q)
+            kid_u = []
             for c in kids[kids_ptr[k] : kids_ptr[k + 1]]:
                 if task_of[c] >= 0:
-                    fc = arenas[b * nsub + task_of[c]]
+                    kid_u.append(arenas[b * nsub + task_of[c]])
                 else:
-                    fc = fu[upper_off[np.searchsorted(upper, c)] :]
-                _extend_add(fc, m_[c], s_[c], kid_q[kq_off[c] : kq_off[c] + m_[c] - s_[c]], f, m)
-            good &= _eliminate(f, m, s)
-            lbuf[b, l_ptr[k] : l_ptr[k] + m * s] = f[: m * s]
+                    kid_u.append(ua[upper_off[np.searchsorted(upper, c)] :])
+            while len(kid_u) < 2:
+                kid_u.append(ua[:0])
+            good &= _node(
+                k, coef[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
+                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small,
+            )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()
 
 
-def factorize_cpu(coef: np.ndarray, shape: tuple[int, int]) -> CpuFactor | None:
+_WORKSPACE: dict[tuple, np.ndarray] = {}
+
+
+def _workspace(key: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer kept between calls: fresh pages of a large array cost more than filling them."""
+    buf = _WORKSPACE.pop(key, None)
+    if buf is None or buf.shape != shape:
+        buf = np.empty(shape, dtype=np.float32)
+    return buf
+
+
+def release(factor: CpuFactor) -> None:
+    """Hand a factor's storage back for the next factorisation of the same shape (the factor is then void)."""
+    _WORKSPACE[("lbuf",)] = factor.lbuf
+
+
+def factorize_cpu(coef: np.ndarray, shape: tuple[int, int], small: int = SMALL_FRONT) -> CpuFactor | None:
     """float32 factor of a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
     Returns None when a pivot is not positive in float32 (the caller then factorises in float64).
@@ -271,15 +341,18 @@ def factorize_cpu(coef: np.ndarray, shape: tuple[int, int]) -> CpuFactor | None:
     plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)))
     tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
-    arenas = np.empty((batch * plan.nsub, max(plan.arena, 1)), dtype=np.float32)
-    uarenas = np.empty((batch, max(plan.upper_size, 1)), dtype=np.float32)
-    lbuf = np.empty((batch, int(plan.l_ptr[-1])), dtype=np.float32)
+    arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
+    uarenas = _workspace(("uarenas",), (batch, max(int(plan.upper_off[-1]), 1)))
+    lbuf = _workspace(("lbuf",), (batch, int(plan.l_ptr[-1])))
     with single_threaded_blas():
         ok = _factor_all(
-            flat, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.depth, plan.s, plan.m,
-            tr.parent, tr.nkids, plan.first_kid, plan.kq_off, tr.kid_q, plan.l_ptr, tr.asm_ptr, tr.asm_src,
-            tr.asm_p, tr.asm_q, plan.upper, plan.upper_off, plan.task_of, plan.kids_ptr, plan.kids,
+            flat, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.slot_len, plan.depth, plan.sib,
+            plan.s, plan.m, plan.kids_ptr, plan.kids, plan.run_ptr, plan.run_a, plan.run_q, plan.split,
+            plan.l_ptr, tr.asm_ptr, tr.asm_src, tr.asm_p, tr.asm_q, plan.upper, plan.upper_off, plan.task_of,
+            small,
         )  # fmt: skip
+    _WORKSPACE[("arenas",)] = arenas
+    _WORKSPACE[("uarenas",)] = uarenas
     return CpuFactor(plan, lbuf) if ok else None
 
 

@@ -134,6 +134,15 @@ def _build_tree(shape: tuple[int, int], leaf_area: int) -> list[_Node]:
         return len(nodes) - 1
 
     visit(0, h_all, 0, w_all)
+    # order every ring as its nodes sit in the parent's front (parents first): a child's update then
+    # maps to increasing parent positions, so extend-add writes each column in order without branches
+    pos = np.empty(h_all * w_all, dtype=np.int64)
+    parent = {c: k for k, nd in enumerate(nodes) for c in nd.children}
+    for k in range(len(nodes) - 2, -1, -1):
+        par = nodes[parent[k]]
+        pos[par.elim] = np.arange(len(par.elim))
+        pos[par.ring] = len(par.elim) + np.arange(len(par.ring))
+        nodes[k].ring = nodes[k].ring[np.argsort(pos[nodes[k].ring], kind="stable")]
     return nodes
 
 
@@ -163,10 +172,13 @@ def _tree(shape: tuple[int, int], nodes: list[_Node]) -> Tree:
     owner[elim] = elim_owner
     elim_pos = np.empty(n, dtype=np.int64)
     elim_pos[elim] = np.arange(n) - elim_ptr[elim_owner]
-    ring_key = ring_owner * n + ring  # sorted: rings are sorted and concatenated in node order
+    ring_key = ring_owner * n + ring
+    key_order = np.argsort(ring_key, kind="stable")
+    sorted_key = ring_key[key_order]
 
     def front_pos(k: np.ndarray, glob: np.ndarray) -> np.ndarray:
-        in_ring = np.searchsorted(ring_key, k * n + glob) - ring_ptr[k] + s_k[k]
+        at = np.minimum(np.searchsorted(sorted_key, k * n + glob), max(len(sorted_key) - 1, 0))
+        in_ring = key_order[at] - ring_ptr[k] + s_k[k]
         return np.where(owner[glob] == k, elim_pos[glob], in_ring)
 
     # stencil entry (i, j) belongs to the front of i's owner when j is in that front

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from ultramae_monai.confmap.graph import EdgeWeights
 from ultramae_monai.confmap.seeds import Seeds
 
-__all__ = ["Stencil2D", "assemble_2d"]
+__all__ = ["Stencil2D", "assemble_2d", "stencil_9pt"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,62 @@ def assemble_2d(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = Non
     bb = pad.copy()
     bb[1:-1, 1:-1] = np.where(free, rhs, 0.0)
     return Stencil2D(c=c, s=s, e=e, se=se, ne=ne, b=bb)
+
+
+@nb.njit(cache=True, parallel=True, boundscheck=False)
+def _nine_point(down, right, dr, dl, fixed, value, coef, b):  # noqa: ANN001, ANN202
+    h, w = down.shape
+    for i in nb.prange(h):
+        for j in range(w):
+            p = i * w + j
+            # the 8 neighbours (d = 3 * (di + 1) + (dj + 1)) and their edge weights
+            wts = np.zeros(9)
+            if i > 0:
+                if j > 0:
+                    wts[0] = dr[i - 1, j - 1]
+                wts[1] = down[i - 1, j]
+                if j + 1 < w:
+                    wts[2] = dl[i - 1, j + 1]
+            if j > 0:
+                wts[3] = right[i, j - 1]
+            wts[5] = right[i, j]
+            if i + 1 < h:
+                if j > 0:
+                    wts[6] = dl[i, j]
+                wts[7] = down[i, j]
+                wts[8] = dr[i, j]
+            row = coef[p]
+            row[:] = 0.0
+            if fixed[i, j]:
+                row[4] = 1.0
+                b[p] = 0.0
+                continue
+            deg, rhs = 0.0, 0.0
+            for d in range(9):
+                if d == 4 or wts[d] == 0.0:
+                    continue
+                qi, qj = i + d // 3 - 1, j + d % 3 - 1
+                deg += wts[d]
+                if fixed[qi, qj]:
+                    rhs += wts[d] * value[qi, qj]
+                else:
+                    row[d] = -wts[d]
+            row[4] = deg
+            b[p] = rhs
+
+
+def stencil_9pt(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The same system as :func:`assemble_2d`, as ``(H * W, 9)`` stencil rows and ``(H * W,)`` right-hand side.
+
+    Row ``p`` column ``d`` couples node ``p`` to its neighbour ``(d // 3 - 1, d % 3 - 1)`` away: the layout
+    of :func:`ultramae_monai.confmap.multifrontal.stencil_from_2d`, built in one compiled pass.
+    """
+    if weights.offsets != ((1, 0), (0, 1), (1, 1), (1, -1)):
+        raise ValueError(f"stencil_9pt needs the 8-neighbour offsets, got {weights.offsets}")
+    down, right, dr, dl = (np.ascontiguousarray(x, dtype=np.float64) for x in weights.weights)
+    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    h, w = down.shape
+    coef = np.empty((h * w, 9))
+    b = np.empty(h * w)
+    _nine_point(down, right, dr, dl, np.ascontiguousarray(fixed), np.ascontiguousarray(seeds.value, dtype=np.float64), coef, b)
+    return coef, b
