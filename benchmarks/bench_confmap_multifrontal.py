@@ -1,11 +1,11 @@
-"""Confidence maps: multifrontal Cholesky vs nested-dissection SuperLU vs MONAI, side by side in one run.
+"""Confidence maps: the default CPU solver vs exact float64 multifrontal vs SuperLU-ND vs MONAI, side by side.
 
 Usage: ``python benchmarks/bench_confmap_multifrontal.py [--write]``. For every image the whole map
 (normalisation, weights, seeds, system, factorisation, solve) is timed with each solver, interleaved
-(ours 5x with 1 thread and 5x with all cores for torch and numba, SuperLU 2x, MONAI once; medians), so
-a busy shared CPU affects all alike.
-``--write`` puts the table in the ``### Multifrontal solver`` subsection at the end of the ``confmap``
-section of docs/benchmarks.md.
+(the default, a float32 BLAS-3 multifrontal factor refined to float64 by CG, 5x with 1 thread and 5x with
+all cores; the exact float64 multifrontal solver, SuperLU 2x each; MONAI once; medians), so a busy shared
+CPU affects all alike. ``--write`` puts the table in the ``### Multifrontal solver`` subsection of the
+``confmap`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from monai.transforms import UltrasoundConfidenceMapTransform
 
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
-from ultramae_monai.confmap.multifrontal import factorize, solve_factored, stencil_from_2d
-from ultramae_monai.confmap.multifrontal_symbolic import symbolic
+from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch
+from ultramae_monai.confmap.multifrontal_blas import cpu_plan, factorize_cpu, release, solve_cpu
+from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
-from ultramae_monai.confmap.stencil import assemble_2d
+from ultramae_monai.confmap.stencil import stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,22 +52,29 @@ def _finish(x: np.ndarray, seeds: Seeds) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def map_multifrontal(img: np.ndarray, gamma: float, split: dict | None = None) -> np.ndarray:
-    """The whole map with the multifrontal solver on the stencil arrays (no CSR assembly)."""
+def map_default(img: np.ndarray, gamma: float, split: dict | None = None) -> np.ndarray:
+    """The whole map with the default CPU solver: float32 factor, float64 CG refinement."""
     t0 = time.perf_counter()
     ew, seeds = _model(img, gamma)
-    st = assemble_2d(ew, seeds)
-    coef = torch.from_numpy(stencil_from_2d(st.c, st.s, st.e, st.se, st.ne))[None]
-    b = torch.from_numpy(np.ascontiguousarray(st.b[1:-1, 1:-1]).ravel())[None]
+    coef, b = stencil_9pt(ew, seeds)
+    coef, b = coef[None], b[None]
     t1 = time.perf_counter()
-    factor = factorize(coef, img.shape)
+    factor = factorize_cpu(coef, img.shape)
     t2 = time.perf_counter()
-    x = solve_factored(factor, b)[0].numpy()
+    x, info = pcg_refine(coef, b, img.shape, lambda r: solve_cpu(factor, r).astype(np.float64))
+    release(factor)
     t3 = time.perf_counter()
     if split is not None:
-        for key, dt in (("model", t1 - t0), ("factor", t2 - t1), ("solve", t3 - t2)):
+        for key, dt in (("model", t1 - t0), ("factor", t2 - t1), ("refine", t3 - t2), ("steps", info.iterations)):
             split.setdefault(key, []).append(dt)
-    return _finish(x, seeds)
+    return _finish(x[0], seeds)
+
+
+def map_exact(img: np.ndarray, gamma: float) -> np.ndarray:
+    """The whole map with the exact float64 multifrontal solver (the previous default)."""
+    ew, seeds = _model(img, gamma)
+    coef, b = stencil_9pt(ew, seeds)
+    return _finish(solve_multifrontal_batch(coef[None], b[None], img.shape, mixed=False)[0].numpy(), seeds)
 
 
 def map_direct(img: np.ndarray, gamma: float) -> np.ndarray:
@@ -88,35 +96,38 @@ def _threads(n: int) -> None:
 
 def bench(cores: int) -> list[str]:
     rows = [
-        "| image | MONAI (s) | SuperLU-ND (s) | multifrontal, 1 thread (s) | multifrontal, "
-        f"{cores} threads (s) | best vs MONAI | best vs SuperLU | max abs diff vs MONAI | symbolic, once per "
-        "shape (s) | 1 thread: model / factor / solve (ms) | factor Gflop (padded) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| image | MONAI (s) | SuperLU-ND (s) | exact multifrontal (s) | default, 1 thread (s) | default, "
+        f"{cores} threads (s) | best vs MONAI | vs SuperLU | vs exact multifrontal | max abs diff vs MONAI | "
+        "1 thread: model / factor / CG (ms) | CG steps | symbolic, once per shape (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, img, gamma in cases():
-        t_sym, sym = _timed(symbolic, img.shape)
-        map_multifrontal(img, gamma)  # warm-up: numba kernels, per-shape caches
+        t_sym = _timed(cpu_plan, img.shape, cores)[0] + _timed(cpu_plan, img.shape, 1)[0]
+        map_default(img, gamma)  # warm-up: numba kernels, per-shape caches, workspace
+        map_exact(img, gamma)
         monai_t = UltrasoundConfidenceMapTransform(alpha=2.0, beta=90.0, gamma=gamma, sink_mode="all")
-        one, many, direct, monai, split = [], [], [], [], {}
+        one, many, exact, direct, monai, split = [], [], [], [], [], {}
         ref = out = None
         for rep in range(5):
             _threads(1)
-            t, out = _timed(map_multifrontal, img, gamma, split)
+            t, out = _timed(map_default, img, gamma, split)
             one.append(t)
             _threads(cores)
-            many.append(_timed(map_multifrontal, img, gamma)[0])
+            many.append(_timed(map_default, img, gamma)[0])
             if rep in (1, 3):
+                exact.append(_timed(map_exact, img, gamma)[0])
                 direct.append(_timed(map_direct, img, gamma)[0])
             if rep == 2:
                 t, ref = _timed(monai_t, img[None])
                 monai.append(t)
-        t_1, t_n, t_d, t_m = (float(np.median(v)) for v in (one, many, direct, monai))
+        t_1, t_n, t_e, t_d, t_m = (float(np.median(v)) for v in (one, many, exact, direct, monai))
         best = min(t_1, t_n)
         diff = float(np.abs(out - np.asarray(ref).reshape(out.shape)).max())
-        parts = " / ".join(f"{1e3 * float(np.median(split[k])):.0f}" for k in ("model", "factor", "solve"))
+        parts = " / ".join(f"{1e3 * float(np.median(split[k])):.0f}" for k in ("model", "factor", "refine"))
         line = (
-            f"| {name} | {t_m:.2f} | {t_d:.2f} | {t_1:.3f} | {t_n:.3f} | {t_m / best:.0f}x | {t_d / best:.1f}x "
-            f"| {diff:.1e} | {t_sym:.1f} | {parts} | {sym.flops() / 1e9:.1f} |"
+            f"| {name} | {t_m:.2f} | {t_d:.2f} | {t_e:.3f} | {t_1:.3f} | {t_n:.3f} | **{t_m / best:.0f}x** "
+            f"| {t_d / best:.1f}x | {t_e / best:.1f}x | {diff:.1e} | {parts} | {int(np.median(split['steps']))} "
+            f"| {t_sym:.1f} |"
         )
         print(line, flush=True)
         rows.append(line)
@@ -147,7 +158,7 @@ def main() -> None:
         f"Machine: {model.group(1) if model else platform.processor()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}; numba {numba.__version__}. The CPU "
         f"was shared with other jobs (load average {load:.1f} at the start), so absolute times are inflated; "
-        "the three solvers ran interleaved on the same images, read the ratios. Times are the whole map "
+        "the solvers ran interleaved on the same images, read the ratios. Times are the whole map "
         "(normalisation, weights, seeds, system, factorisation, solve), medians."
     )
     print(head)

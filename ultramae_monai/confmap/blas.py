@@ -2,8 +2,8 @@
 
 The CPU multifrontal factorisation (:mod:`ultramae_monai.confmap.multifrontal_blas`) walks the elimination
 tree in compiled code and needs blocked dense kernels for each front without going back to Python:
-``spotrf`` (Cholesky of the pivot block), ``strsm`` (the off-diagonal block) and ``ssyrk``/``sgemm``
-(the Schur update, lower triangle only). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
+``spotrf``/``strtri`` (Cholesky of the pivot block and its inverse), ``sgemm`` (the off-diagonal block)
+and ``ssyrk``/``sgemm`` (the Schur update, lower triangle only). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
 ``scipy.linalg.cython_blas`` / ``cython_lapack``; numba calls them through ``ctypes`` prototypes whose
 arguments are all pointers (Fortran calling convention); binding them as named external symbols keeps
 the compiled callers cacheable. Call them with one BLAS thread
@@ -34,9 +34,10 @@ def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
 
 
 _spotrf = _fn("scipy.linalg.cython_lapack", "spotrf", 5)
-_strsm = _fn("scipy.linalg.cython_blas", "strsm", 11)
+_strmm = _fn("scipy.linalg.cython_blas", "strmm", 11)
 _ssyrk = _fn("scipy.linalg.cython_blas", "ssyrk", 10)
 _sgemm = _fn("scipy.linalg.cython_blas", "sgemm", 13)
+_strtri = _fn("scipy.linalg.cython_lapack", "strtri", 6)
 
 SYRK_BLOCK = 128  # the Schur update is SYRK on diagonal blocks of this size and GEMM below them
 
@@ -59,12 +60,16 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
     """Eliminate the first ``s`` of ``m`` unknowns of a float32 front (column-major, lower triangles).
 
     ``f[: m * s]`` holds the front's first ``s`` columns (leading dimension ``m``). Afterwards ``f`` holds
-    ``[L11; L21]`` and ``u[: r * r]`` (``r = m - s``, leading dimension ``r``) is overwritten with
+    ``[L11^-1; L21]`` and ``u[: r * r]`` (``r = m - s``, leading dimension ``r``) is overwritten with
     ``-L21 L21^T`` (lower triangle), the update the caller adds to the trailing block. Returns False when
     the pivot block is not positive definite.
+
+    ``L21 = F21 L11^-T`` is a GEMM with the explicit inverse rather than a triangular solve (3-4x faster
+    in OpenBLAS at these shapes). For the diagonally dominant M-matrices of random walks this is as
+    accurate: ``L11^-1`` is entrywise non-negative and every product sums terms of one sign.
     """
-    ch = np.empty(4, np.uint8)
-    ch[0], ch[1], ch[2], ch[3] = _L, _N, _R, _T
+    ch = np.empty(5, np.uint8)
+    ch[0], ch[1], ch[2], ch[3], ch[4] = _L, _N, _R, _T, _N
     iv = np.empty(8, np.int32)
     r = m - s
     iv[0], iv[1], iv[2], iv[3] = s, m, r, 0
@@ -73,13 +78,23 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
     _spotrf(ch[0:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
     if iv[3] != 0:
         return False
-    if r == 0:
-        return True
+    _strtri(ch[0:].ctypes, ch[4:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
+    if iv[3] != 0 or r == 0:
+        return iv[3] == 0
     f21 = f[s:]
-    _strsm(
-        ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
-        sc[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
-    )  # fmt: skip
+    if r >= s:  # u is free until the update: copy F21 there, L21 = copy @ L11^-T
+        w = u[: r * s].reshape((s, r))
+        for j in range(s):
+            w[j, :] = f21[j * m : j * m + r]
+        _sgemm(
+            ch[1:].ctypes, ch[3:].ctypes, iv[2:].ctypes, iv[0:].ctypes, iv[0:].ctypes, sc[0:].ctypes, u.ctypes,
+            iv[2:].ctypes, f.ctypes, iv[1:].ctypes, sc[2:].ctypes, f21.ctypes, iv[1:].ctypes,
+        )  # fmt: skip
+    else:  # F21 <- F21 L11^-T in place (triangular multiply)
+        _strmm(
+            ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
+            sc[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
+        )  # fmt: skip
     # OpenBLAS's SGEMM runs about twice as fast as its SYRK here: SYRK only on diagonal blocks
     for j0 in range(0, r, SYRK_BLOCK):
         bj = min(SYRK_BLOCK, r - j0)

@@ -16,7 +16,8 @@ grid, fixed per shape), but organised for a CPU rather than for batched tensor k
   conjugate gradients in float64, which reaches float64 accuracy in two or three steps.
 
 Fronts are column-major (``s`` eliminated nodes, ``r`` ring nodes, ``m = s + r``): the first ``s`` columns
-(leading dimension ``m``) become the factor's ``[L11; L21]``, the trailing ``r x r`` block (leading
+(leading dimension ``m``) become the factor's ``[L11^-1; L21]`` (the inverse turns the solve's
+triangular substitutions into independent dot products), the trailing ``r x r`` block (leading
 dimension ``r``) the update; only lower triangles are read.
 """
 
@@ -34,6 +35,7 @@ from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
 
 SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop, not BLAS
+LEAF_AREA = 12  # leaf boxes of the nested dissection (see multifrontal_symbolic)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,9 +79,9 @@ class CpuPlan:
 
 
 @lru_cache(maxsize=16)
-def cpu_plan(shape: tuple[int, int], parts: int = 1) -> CpuPlan:
+def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA) -> CpuPlan:
     """The schedule for an ``H x W`` grid split into at least ``parts`` subtrees (cached)."""
-    sym = symbolic((int(shape[0]), int(shape[1])))
+    sym = symbolic((int(shape[0]), int(shape[1])), leaf_area)
     tr = sym.tree
     nn = len(tr.parent)
     s = np.diff(tr.elim_ptr)
@@ -181,7 +183,7 @@ class CpuFactor:
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q):  # noqa: ANN001, ANN202
+def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q):
     """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns)."""
     lf[: m * s] = 0.0
     for e in range(asm_ptr[k], asm_ptr[k + 1]):
@@ -189,7 +191,7 @@ def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q):  # noqa: AN
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):  # noqa: ANN001, ANN202
+def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
     """Add columns ``b_lo:b_hi`` of a child's update ``uc`` (``rc x rc``) into its parent's front, run by run."""
     rp = mp - sp
     nrun = len(ra) - 1
@@ -205,53 +207,78 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):  # noqa: ANN001, AN
             dst, col = up, (qb - sp) * rp - sp
         for j in range(jb, nrun):
             lo = max(ra[j], b)
-            shift = col + rq[j] - ra[j]
-            for a in range(lo, ra[j + 1]):
-                dst[shift + a] += uc[base + a]
+            n = ra[j + 1] - lo
+            d = dst[col + rq[j] + lo - ra[j] : col + rq[j] + ra[j + 1] - ra[j]]
+            v = uc[base + lo : base + ra[j + 1]]
+            for t in range(n):  # slices indexed from 0: no wraparound checks, so the loop vectorises
+                d[t] += v[t]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _partial_cholesky_small(f, m, s, u):  # noqa: ANN001, ANN202
-    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, then ``u = -L21 L21^T``."""
+def _partial_cholesky_small(f, m, s, u):
+    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, ``L11^-1``, ``u = -L21 L21^T``.
+
+    Inner loops run over slices from index 0 so that numba drops its negative-index checks and vectorises.
+    """
     for j in range(s):
-        cj = j * m
+        cj = f[j * m + j : (j + 1) * m]  # column j from the diagonal down
         for t in range(j):
             c = f[j + t * m]
-            ct = t * m
-            for i in range(j, m):
-                f[cj + i] -= f[ct + i] * c
-        d = f[cj + j]
+            ct = f[t * m + j : (t + 1) * m]
+            for i in range(m - j):
+                cj[i] -= ct[i] * c
+        d = cj[0]
         if not d > 0.0:
             return False
         d = np.sqrt(d)
-        f[cj + j] = d
         inv = np.float32(1.0) / d
-        for i in range(j + 1, m):
-            f[cj + i] *= inv
+        for i in range(m - j):
+            cj[i] *= inv
+        cj[0] = d
+    _invert_lower(f, m, s, u)
     r = m - s
     u[: r * r] = 0.0
     for c in range(r):
-        cc = c * r
+        uc = u[c * r : (c + 1) * r]
         for t in range(s):
             coef = f[s + c + t * m]
-            ct = t * m + s
+            ct = f[t * m + s : (t + 1) * m]
             for i in range(r):
-                u[cc + i] -= f[ct + i] * coef
+                uc[i] -= ct[i] * coef
     return True
 
 
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _invert_lower(f, m, s, scratch):
+    """Replace the ``s x s`` lower triangle ``L11`` at the top of ``f`` (leading dimension ``m``) by its inverse."""
+    x = scratch[: s * s] if scratch.shape[0] >= s * s else np.empty(s * s, dtype=f.dtype)
+    x[:] = 0.0
+    for j in range(s):  # column j of the inverse: forward substitution of e_j
+        xj = x[j * s : (j + 1) * s]
+        xj[j] = 1.0
+        for k in range(j, s):
+            xk = xj[k] / f[k * m + k]
+            xj[k] = xk
+            col = f[k * m + k + 1 : k * m + s]
+            tail = xj[k + 1 : s]
+            for i in range(s - k - 1):
+                tail[i] -= col[i] * xk
+    for j in range(s):
+        f[j * m + j : j * m + s] = x[j * s + j : (j + 1) * s]
+
+
 @nb.njit(cache=True, nogil=True)
-def _eliminate(f, m, s, u, small):  # noqa: ANN001, ANN202
+def _eliminate(f, m, s, u, small):
     if m < small:
         return _partial_cholesky_small(f, m, s, u)
     return partial_cholesky(f, m, s, u)
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _node(  # noqa: ANN202
+def _node(
     k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q,
     small,
-):  # noqa: ANN001
+):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
     Children's contributions to the pivot columns go in first; their trailing parts are added after the
@@ -273,10 +300,10 @@ def _node(  # noqa: ANN202
 
 
 @nb.njit(cache=True, parallel=True)
-def _factor_all(  # noqa: ANN202
+def _factor_all(
     coef, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
     run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, small,
-):  # noqa: ANN001
+):
     batch = coef.shape[0]
     nsub = len(root)
     ok = np.ones(batch * nsub + batch, dtype=np.bool_)
@@ -331,14 +358,16 @@ def release(factor: CpuFactor) -> None:
     _WORKSPACE[("lbuf",)] = factor.lbuf
 
 
-def factorize_cpu(coef: np.ndarray, shape: tuple[int, int], small: int = SMALL_FRONT) -> CpuFactor | None:
+def factorize_cpu(
+    coef: np.ndarray, shape: tuple[int, int], small: int = SMALL_FRONT, leaf_area: int = LEAF_AREA
+) -> CpuFactor | None:
     """float32 factor of a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
     Returns None when a pivot is not positive in float32 (the caller then factorises in float64).
     """
     batch = coef.shape[0]
     threads = nb.get_num_threads()
-    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)))
+    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area)
     tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
     arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
@@ -361,48 +390,61 @@ def factorize_cpu(coef: np.ndarray, shape: tuple[int, int], small: int = SMALL_F
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work, upper_pos, delta):
-    """``x_e <- L11^-1 x_e``, ``x_ring -= L21 x_e``; ring updates of upper nodes go to ``delta``."""
+    """``x_e <- L11^-1 x_e``, ``x_ring -= L21 x_e``; ring updates of upper nodes go to ``delta``.
+
+    The factor stores ``L11^-1``, so both steps are column sweeps over contiguous slices (vectorised).
+    """
     s, m = s_[k], m_[k]
     off = l_ptr[k]
     e0, r0 = elim_ptr[k], ring_ptr[k]
+    xe = work[m : m + s]
     for i in range(s):
-        work[i] = x[elim[e0 + i]]
-    work[s:m] = 0.0
+        xe[i] = x[elim[e0 + i]]
+    work[:m] = 0.0
+    wr = work[s:m]
     for j in range(s):
-        col = off + j * m
-        yj = work[j] / lb[col + j]
-        work[j] = yj
-        for i in range(j + 1, m):
-            work[i] -= lb[col + i] * yj
+        xj = xe[j]
+        col = lb[off + j * m + j : off + j * m + s]
+        w = work[j:s]
+        for i in range(s - j):
+            w[i] += col[i] * xj
+        yj = work[j]  # final: every column up to j has been added
+        col = lb[off + j * m + s : off + (j + 1) * m]
+        for i in range(m - s):
+            wr[i] -= col[i] * yj
     for i in range(s):
         x[elim[e0 + i]] = work[i]
     for a in range(m - s):
         g = ring[r0 + a]
         u = upper_pos[g]
         if u >= 0 and delta.shape[0] > 0:
-            delta[u] += work[s + a]
+            delta[u] += wr[a]
         else:
-            x[g] += work[s + a]
+            x[g] += wr[a]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _backward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work):
-    """``x_e <- L11^-T (x_e - L21^T x_ring)``."""
+    """``x_e <- L11^-T (x_e - L21^T x_ring)``: two rounds of independent dot products."""
     s, m = s_[k], m_[k]
     off = l_ptr[k]
     e0, r0 = elim_ptr[k], ring_ptr[k]
-    for i in range(s):
-        work[i] = x[elim[e0 + i]]
+    xr = work[s:m]
     for a in range(m - s):
-        work[s + a] = x[ring[r0 + a]]
-    for j in range(s - 1, -1, -1):
-        col = off + j * m
-        acc = work[j]
-        for i in range(j + 1, m):
-            acc -= lb[col + i] * work[i]
-        work[j] = acc / lb[col + j]
-    for i in range(s):
-        x[elim[e0 + i]] = work[i]
+        xr[a] = x[ring[r0 + a]]
+    for j in range(s):
+        col = lb[off + j * m + s : off + (j + 1) * m]
+        acc = np.float32(0.0)
+        for i in range(m - s):
+            acc += col[i] * xr[i]
+        work[j] = x[elim[e0 + j]] - acc
+    for j in range(s):
+        col = lb[off + j * m + j : off + j * m + s]
+        y = work[j:s]
+        acc = np.float32(0.0)
+        for i in range(s - j):
+            acc += col[i] * y[i]
+        x[elim[e0 + j]] = acc
 
 
 @nb.njit(cache=True, parallel=True)
@@ -446,6 +488,6 @@ def solve_cpu(factor: CpuFactor, b: np.ndarray) -> np.ndarray:
     x = np.array(b, dtype=np.float32, order="C", copy=True)
     _solve_all(
         x, factor.lbuf, plan.first, plan.root, plan.upper, plan.s, plan.m, plan.l_ptr, tr.elim_ptr, tr.elim,
-        tr.ring_ptr, tr.ring, plan.upper_pos, plan.n_upper_nodes, int(plan.m.max()),
+        tr.ring_ptr, tr.ring, plan.upper_pos, plan.n_upper_nodes, 2 * int(plan.m.max()),
     )  # fmt: skip
     return x

@@ -31,29 +31,61 @@ class RefineInfo:
 
 @nb.njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
 def _matvec(coef: np.ndarray, x: np.ndarray, out: np.ndarray, h: int, w: int) -> None:
+    n = h * w
+    xp = np.zeros(n + 2 * w + 2)  # x with a zero border of w + 1 on each side: no index goes negative
     for bi in range(coef.shape[0]):
-        c, xb, ob = coef[bi], x[bi], out[bi]
+        c, ob = coef[bi], out[bi]
+        xp[w + 1 : w + 1 + n] = x[bi]
         for i in nb.prange(h):
             for j in range(w):
                 p = i * w + j
-                acc = c[p, 4] * xb[p]
-                if i > 0:
-                    acc += c[p, 1] * xb[p - w]
-                    if j > 0:
-                        acc += c[p, 0] * xb[p - w - 1]
-                    if j + 1 < w:
-                        acc += c[p, 2] * xb[p - w + 1]
-                if j > 0:
-                    acc += c[p, 3] * xb[p - 1]
-                if j + 1 < w:
-                    acc += c[p, 5] * xb[p + 1]
-                if i + 1 < h:
-                    acc += c[p, 7] * xb[p + w]
-                    if j > 0:
-                        acc += c[p, 6] * xb[p + w - 1]
-                    if j + 1 < w:
-                        acc += c[p, 8] * xb[p + w + 1]
-                ob[p] = acc
+                q = p + w + 1  # p in xp; the stencil is 0 towards the border, so wrapped reads add 0
+                ob[p] = (
+                    c[p, 0] * xp[q - w - 1] + c[p, 1] * xp[q - w] + c[p, 2] * xp[q - w + 1]
+                    + c[p, 3] * xp[q - 1] + c[p, 4] * xp[q] + c[p, 5] * xp[q + 1]
+                    + c[p, 6] * xp[q + w - 1] + c[p, 7] * xp[q + w] + c[p, 8] * xp[q + w + 1]
+                )  # fmt: skip
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _update(x: np.ndarray, r: np.ndarray, p: np.ndarray, ap: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``x += alpha p``, ``r -= alpha ap`` per batch item; returns each item's largest ``|alpha p|``."""
+    corr = np.zeros(x.shape[0])
+    for bi in range(x.shape[0]):
+        a = alpha[bi]
+        if a == 0.0:
+            continue
+        xb, rb, pb, apb = x[bi], r[bi], p[bi], ap[bi]
+        for i in nb.prange(xb.shape[0]):
+            xb[i] += a * pb[i]
+            rb[i] -= a * apb[i]
+        best = 0.0
+        for i in range(pb.shape[0]):  # serial: a max over prange is not a supported reduction
+            best = max(best, abs(pb[i]))
+        corr[bi] = abs(a) * best
+    return corr
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros(a.shape[0])
+    for bi in range(a.shape[0]):
+        acc = 0.0
+        ab, bb = a[bi], b[bi]
+        for i in nb.prange(ab.shape[0]):
+            acc += ab[i] * bb[i]
+        out[bi] = acc
+    return out
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _direction(p: np.ndarray, z: np.ndarray, beta: np.ndarray, active: np.ndarray) -> None:
+    """``p = z + beta p`` for active items, 0 for converged ones."""
+    for bi in range(p.shape[0]):
+        pb, zb, bt = p[bi], z[bi], beta[bi]
+        on = active[bi]
+        for i in nb.prange(pb.shape[0]):
+            pb[i] = zb[i] + bt * pb[i] if on else 0.0
 
 
 def matvec_9pt(coef: np.ndarray, x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -82,7 +114,7 @@ def pcg_refine(
     r = b.copy()
     z = precondition(r)
     p = z.copy()
-    rz = np.einsum("ij,ij->i", r, z)
+    rz = _dots(r, z)
     active = np.ones(b.shape[0], dtype=bool)
     prev = np.full(b.shape[0], np.inf)
     est = np.full(b.shape[0], np.inf)
@@ -90,12 +122,9 @@ def pcg_refine(
     while active.any() and it < max_iter:
         it += 1
         ap = matvec_9pt(coef, p, shape)
-        pap = np.einsum("ij,ij->i", p, ap)
+        pap = _dots(p, ap)
         alpha = np.where(active & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
-        step = alpha[:, None] * p
-        x += step
-        r -= alpha[:, None] * ap
-        corr = np.abs(step).max(axis=1)
+        corr = _update(x, r, p, ap, alpha)
         known = np.isfinite(prev) & (prev > 0)
         rate = np.minimum(corr / np.where(known, prev, 1.0), 0.5)
         est = np.where(active, np.where(known, corr * rate / (1.0 - rate), np.inf), est)
@@ -105,8 +134,8 @@ def pcg_refine(
         if not active.any() or it == max_iter:
             break
         z = precondition(r)
-        rz_new = np.einsum("ij,ij->i", r, z)
+        rz_new = _dots(r, z)
         beta = np.where(active, rz_new / np.where(rz != 0, rz, 1.0), 0.0)
-        p = np.where(active[:, None], z + beta[:, None] * p, 0.0)
+        _direction(p, z, beta, active)
         rz = rz_new
     return x, RefineInfo(it, float(est.max()), not active.any())

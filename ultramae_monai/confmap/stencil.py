@@ -87,7 +87,7 @@ def assemble_2d(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = Non
 
 
 @nb.njit(cache=True, parallel=True, boundscheck=False)
-def _nine_point(down, right, dr, dl, fixed, value, coef, b):  # noqa: ANN001, ANN202
+def _nine_point(down, right, dr, dl, fixed, value, coef, b):
     h, w = down.shape
     for i in nb.prange(h):
         for j in range(w):
