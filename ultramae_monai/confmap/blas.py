@@ -81,6 +81,8 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
     _strtri(ch[0:].ctypes, ch[4:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
     if iv[3] != 0 or r == 0:
         return iv[3] == 0
+    for j in range(1, s):  # GEMM below reads the whole s x s block: clear its strict upper triangle
+        f[j * m : j * m + j] = 0.0
     f21 = f[s:]
     if r >= s:  # u is free until the update: copy F21 there, L21 = copy @ L11^-T
         w = u[: r * s].reshape((s, r))

@@ -177,7 +177,9 @@ def _tree(shape: tuple[int, int], nodes: list[_Node]) -> Tree:
     sorted_key = ring_key[key_order]
 
     def front_pos(k: np.ndarray, glob: np.ndarray) -> np.ndarray:
-        at = np.minimum(np.searchsorted(sorted_key, k * n + glob), max(len(sorted_key) - 1, 0))
+        if len(sorted_key) == 0:  # a single leaf: no rings
+            return elim_pos[glob]
+        at = np.minimum(np.searchsorted(sorted_key, k * n + glob), len(sorted_key) - 1)
         in_ring = key_order[at] - ring_ptr[k] + s_k[k]
         return np.where(owner[glob] == k, elim_pos[glob], in_ring)
 

@@ -1,0 +1,166 @@
+"""The default CPU solver: float32 BLAS-3 multifrontal factor, float64 CG refinement, one-pass stencil."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from test_confmap_multifrontal import _random_system
+
+from ultramae_monai.confmap.blas import partial_cholesky, single_threaded_blas
+from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
+from ultramae_monai.confmap.multifrontal import csr_to_stencil, solve_multifrontal_batch, stencil_from_2d
+from ultramae_monai.confmap.multifrontal_blas import (
+    _partial_cholesky_small,
+    cpu_plan,
+    factorize_cpu,
+    release,
+    solve_cpu,
+)
+from ultramae_monai.confmap.refine import matvec_9pt, pcg_refine
+from ultramae_monai.confmap.seeds import make_seeds
+from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
+from ultramae_monai.errors import InvalidInputError
+
+SHAPES = [(1, 9), (5, 3), (13, 17), (40, 33), (64, 64)]
+
+
+def _front(m: int, s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random diagonally dominant M-matrix of order m (float64) and its first s columns, column-major f32."""
+    rng = np.random.default_rng(seed)
+    a = -rng.random((m, m)) * (rng.random((m, m)) < 0.3)
+    a = np.tril(a, -1)
+    a = a + a.T
+    a += np.diag(-a.sum(axis=1) + rng.random(m) * 0.1 + 1e-3)
+    return a, np.asfortranarray(a[:, :s]).astype(np.float32).ravel(order="F")
+
+
+@pytest.mark.parametrize(("m", "s"), [(28, 12), (39, 7), (100, 30), (300, 64), (150, 150), (90, 70)])
+def test_front_elimination_blas_and_compiled_loop_agree_with_numpy(m: int, s: int) -> None:
+    a, f = _front(m, s, m + s)
+    l11 = np.linalg.cholesky(a[:s, :s])
+    l21 = np.linalg.solve(l11, a[s:, :s].T).T
+    r = m - s
+    with single_threaded_blas():
+        for kernel in (partial_cholesky, _partial_cholesky_small):
+            ff, u = f.copy(), np.full(max(r * r, 1), np.nan, dtype=np.float32)
+            assert kernel(ff, m, s, u)
+            cols = ff.reshape(s, m).T  # column-major m x s
+            np.testing.assert_allclose(np.tril(cols[:s]), np.linalg.inv(l11), rtol=2e-4, atol=1e-5)
+            np.testing.assert_allclose(cols[s:], l21, rtol=2e-4, atol=1e-5)
+            if r:
+                upd = u[: r * r].reshape(r, r).T
+                np.testing.assert_allclose(np.tril(upd), np.tril(-l21 @ l21.T), rtol=2e-4, atol=1e-5)
+
+
+def test_front_elimination_reports_indefinite_pivot() -> None:
+    a, f = _front(40, 10, 3)
+    f[0] = -1.0
+    with single_threaded_blas():
+        for kernel in (partial_cholesky, _partial_cholesky_small):
+            assert not kernel(f.copy(), 40, 10, np.zeros(900, dtype=np.float32))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("signed", [False, True])
+def test_float32_factor_preconditions_cg_to_float64_accuracy(shape: tuple[int, int], signed: bool) -> None:
+    mat, b = _random_system(shape, seed=sum(shape), signed=signed)
+    ref = spla.spsolve(sp.csc_matrix(mat), b)
+    coef = csr_to_stencil(mat, shape)[None]
+    factor = factorize_cpu(coef, shape)
+    assert factor is not None
+    x32 = solve_cpu(factor, b[None])[0]
+    assert x32.dtype == np.float32
+    assert np.abs(x32 - ref).max() <= 1e-2 * np.abs(ref).max()  # float32 alone: a good approximation
+    x, info = pcg_refine(coef, b[None], shape, lambda r: solve_cpu(factor, r).astype(np.float64), atol=1e-9)
+    release(factor)
+    assert info.converged and info.iterations <= 6
+    assert np.abs(x[0] - ref).max() <= 1e-8 * max(1.0, np.abs(ref).max())
+
+
+def test_batch_and_thread_count_do_not_change_the_solution() -> None:
+    shape = (37, 45)
+    systems = [_random_system(shape, seed=s) for s in range(3)]
+    coef = np.stack([csr_to_stencil(m, shape) for m, _ in systems])
+    bs = np.stack([b for _, b in systems])
+    exact = solve_multifrontal_batch(coef, bs, shape, mixed=False).numpy()
+    batch = solve_multifrontal_batch(coef, bs, shape).numpy()
+    np.testing.assert_allclose(batch, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = solve_multifrontal_batch(coef[:1], bs[:1], shape).numpy()
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_allclose(one[0], exact[0], rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+def test_workspace_reuse_across_shapes_keeps_results_right() -> None:
+    for shape in [(30, 31), (12, 50), (30, 31)]:
+        mat, b = _random_system(shape, seed=7)
+        ref = spla.spsolve(sp.csc_matrix(mat), b)
+        x = solve_multifrontal_batch(csr_to_stencil(mat, shape)[None], b[None], shape).numpy()[0]
+        assert np.abs(x - ref).max() <= 1e-6 * max(1.0, np.abs(ref).max())
+
+
+def test_not_positive_definite_falls_back_and_raises() -> None:
+    mat, b = _random_system((9, 8), seed=1)
+    neg = mat.tolil()
+    neg[20, 20] = -5.0
+    coef = csr_to_stencil(neg.tocsr(), (9, 8))[None]
+    assert factorize_cpu(coef, (9, 8)) is None
+    with pytest.raises(InvalidInputError, match="positive definite"):
+        solve_multifrontal_batch(coef, b[None], (9, 8))
+
+
+def test_plan_splits_the_tree_into_independent_subtrees() -> None:
+    plan = cpu_plan((50, 47), 2)
+    assert plan.nsub >= 2
+    tr = plan.sym.tree
+    covered = np.zeros(len(tr.parent), dtype=int)
+    for a, z in zip(plan.first, plan.root, strict=True):
+        covered[a : z + 1] += 1
+    covered[plan.upper] += 1
+    assert (covered == 1).all()  # every node in exactly one subtree or above them
+    # ring maps are increasing, so extend-add needs no sorting; runs tile each child's ring
+    for c in range(len(tr.parent)):
+        blk = slice(plan.run_ptr[c], plan.run_ptr[c + 1])
+        if plan.run_ptr[c + 1] > plan.run_ptr[c]:
+            assert plan.run_a[blk][0] == 0 and plan.run_a[blk][-1] == plan.m[c] - plan.s[c]
+            assert (np.diff(plan.run_q[blk][:-1]) > 0).all()
+
+
+def test_pcg_reports_non_convergence() -> None:
+    shape = (30, 30)
+    mat, b = _random_system(shape, seed=2)
+    coef = csr_to_stencil(mat, shape)[None]
+    x, info = pcg_refine(coef, b[None], shape, lambda r: r.copy(), atol=1e-12, max_iter=3)
+    assert not info.converged and info.iterations == 3 and np.isfinite(x).all()
+
+
+def test_matvec_matches_the_csr_matrix() -> None:
+    shape = (23, 19)
+    mat, _ = _random_system(shape, seed=4, signed=True)
+    x = np.random.default_rng(0).standard_normal((2, shape[0] * shape[1]))
+    coef = np.stack([csr_to_stencil(mat, shape)] * 2)
+    np.testing.assert_allclose(matvec_9pt(coef, x, shape), (mat @ x.T).T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_fov", [False, True])
+def test_one_pass_stencil_equals_the_padded_assembly(with_fov: bool) -> None:
+    rng = np.random.default_rng(5)
+    img = rng.random((31, 27)) * 255
+    data = normalize(img)
+    fov = None
+    if with_fov:
+        fov = np.ones(img.shape, dtype=bool)
+        fov[:, :4] = False
+        fov[20:, 22:] = False
+    seeds = make_seeds(data, "all", None, fov)
+    ew = edge_weights(data * attenuation(img.shape[0], 2.0)[:, None], 90.0, 0.05, fov)
+    st = assemble_2d(ew, seeds, fov)
+    coef, b = stencil_9pt(ew, seeds, fov)
+    np.testing.assert_allclose(coef, stencil_from_2d(st.c, st.s, st.e, st.se, st.ne), rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(b, st.b[1:-1, 1:-1].ravel())
