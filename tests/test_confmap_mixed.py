@@ -56,7 +56,7 @@ def test_front_elimination_blas_and_compiled_loop_agree_with_numpy(m: int, s: in
 
 
 def test_front_elimination_reports_indefinite_pivot() -> None:
-    a, f = _front(40, 10, 3)
+    _, f = _front(40, 10, 3)
     f[0] = -1.0
     with single_threaded_blas():
         for kernel in (partial_cholesky, _partial_cholesky_small):
