@@ -2,13 +2,13 @@
 
 The CPU multifrontal factorisation (:mod:`ultramae_monai.confmap.multifrontal_blas`) walks the elimination
 tree in compiled code and needs blocked dense kernels for each front without going back to Python:
-``spotrf``/``strtri`` (Cholesky of the pivot block and its inverse), ``sgemm`` (the off-diagonal block)
-and ``ssyrk``/``sgemm`` (the Schur update, lower triangle only). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
-``scipy.linalg.cython_blas`` / ``cython_lapack``; numba calls them through ``ctypes`` prototypes whose
-arguments are all pointers (Fortran calling convention); binding them as named external symbols keeps
-the compiled callers cacheable. Call them with one BLAS thread
-(:func:`single_threaded_blas`): the tree walk is parallel itself, and on this class of machine OpenBLAS's
-own threads make small fronts 10x slower.
+``spotrf``/``strtri`` (Cholesky of the pivot block and its inverse) and ``sgemm`` (the off-diagonal block
+and the Schur update). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
+``scipy.linalg.cython_blas`` / ``cython_lapack``; each is bound to a named external symbol (all arguments
+are pointers, Fortran calling convention), so the compiled callers stay cacheable. Call them inside
+:func:`single_threaded_blas`: the tree walk is parallel itself, and OpenBLAS's own threads inside it
+made small fronts 10x slower here. (torch's MKL, also reachable, ran 1.4-1.9x faster on single hot
+fronts but no faster in the whole factorisation, which is bound by memory traffic, so it is not used.)
 """
 
 from __future__ import annotations
@@ -25,21 +25,19 @@ from threadpoolctl import ThreadpoolController
 __all__ = ["partial_cholesky", "single_threaded_blas"]
 
 
-
 def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
-    """An external symbol bound to SciPy's function: resolved by name at link time, so numba can cache."""
+    """An external symbol bound to SciPy's ``name``: resolved by name at link time, so numba can cache."""
     symbol = f"ultramae_{name}"
     llvm.add_symbol(symbol, get_cython_function_address(module, name))
     return types.ExternalFunction(symbol, types.void(*([types.voidptr] * nargs)))
 
 
 _spotrf = _fn("scipy.linalg.cython_lapack", "spotrf", 5)
-_strmm = _fn("scipy.linalg.cython_blas", "strmm", 11)
-_ssyrk = _fn("scipy.linalg.cython_blas", "ssyrk", 10)
 _sgemm = _fn("scipy.linalg.cython_blas", "sgemm", 13)
 _strtri = _fn("scipy.linalg.cython_lapack", "strtri", 6)
+_strmm = _fn("scipy.linalg.cython_blas", "strmm", 11)
 
-SYRK_BLOCK = 128  # the Schur update is SYRK on diagonal blocks of this size and GEMM below them
+GEMM_BLOCK = 64  # the lower-triangular Schur update is GEMMs on block columns of this width
 
 _controller: ThreadpoolController | None = None
 
@@ -97,19 +95,15 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
             ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
             sc[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
         )  # fmt: skip
-    # OpenBLAS's SGEMM runs about twice as fast as its SYRK here: SYRK only on diagonal blocks
-    for j0 in range(0, r, SYRK_BLOCK):
-        bj = min(SYRK_BLOCK, r - j0)
-        iv[4], iv[5] = bj, r - j0 - bj
+    # the lower triangle of -L21 L21^T by block columns: a GEMM from the diagonal block down (SGEMM is
+    # about twice as fast as SYRK per flop here; the diagonal blocks' upper halves are never read)
+    for j0 in range(0, r, GEMM_BLOCK):
+        bj = min(GEMM_BLOCK, r - j0)
+        iv[4], iv[5] = r - j0, bj
         a = f21[j0:]
-        _ssyrk(
-            ch[0:].ctypes, ch[1:].ctypes, iv[4:].ctypes, iv[0:].ctypes, sc[1:].ctypes, a.ctypes, iv[1:].ctypes,
-            sc[2:].ctypes, u[j0 + j0 * r :].ctypes, iv[2:].ctypes,
+        _sgemm(
+            ch[1:].ctypes, ch[3:].ctypes, iv[4:].ctypes, iv[5:].ctypes, iv[0:].ctypes, sc[1:].ctypes,
+            a.ctypes, iv[1:].ctypes, a.ctypes, iv[1:].ctypes, sc[2:].ctypes, u[j0 + j0 * r :].ctypes,
+            iv[2:].ctypes,
         )  # fmt: skip
-        if iv[5] > 0:
-            _sgemm(
-                ch[1:].ctypes, ch[3:].ctypes, iv[5:].ctypes, iv[4:].ctypes, iv[0:].ctypes, sc[1:].ctypes,
-                f21[j0 + bj :].ctypes, iv[1:].ctypes, a.ctypes, iv[1:].ctypes, sc[2:].ctypes,
-                u[j0 + bj + j0 * r :].ctypes, iv[2:].ctypes,
-            )  # fmt: skip
     return True
