@@ -5,9 +5,12 @@ seeds), so with default arguments a 2D map equals MONAI's to solver round-off. W
 of beam axis, a field-of-view mask (graph restricted to the FOV, 0 outside), 3D volumes (see
 :func:`ultramae_monai.confmap.graph.edge_offsets` for the neighbourhoods), input checks, and solvers:
 
-* ``multifrontal`` (``auto`` in 2D): exact level-batched multifrontal Cholesky on the grid's
-  nested-dissection tree (:mod:`ultramae_monai.confmap.multifrontal`); batches of frames factorise
-  together, on CPU or CUDA;
+* ``multifrontal`` (``auto`` in 2D): multifrontal Cholesky on the grid's nested-dissection tree. On a
+  CPU the factor is float32 with BLAS-3 fronts, walked tree-parallel
+  (:mod:`ultramae_monai.confmap.multifrontal_blas`), and float64 conjugate gradients preconditioned by
+  it refine the map to an estimated 1e-6 (:mod:`ultramae_monai.confmap.refine`; 2-3 steps); on CUDA,
+  and as the CPU fallback, the exact float64 level-batched factorisation
+  (:mod:`ultramae_monai.confmap.multifrontal`). Batches of frames factorise together;
 * ``direct`` (``auto`` in 3D): SuperLU in geometric nested-dissection order (exact, any grid);
 * ``slices`` (``auto`` for volumes over 200k voxels): CG preconditioned by a symmetric red-black
   Gauss-Seidel sweep over exactly factorised (beam, W) slices (:mod:`ultramae_monai.confmap.volume_solver`);

@@ -87,10 +87,7 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA)
     s = np.diff(tr.elim_ptr)
     r = np.diff(tr.ring_ptr)
     m = s + r
-    depth = np.zeros(nn, dtype=np.int64)
-    for k in range(nn - 1, -1, -1):  # parents come after children in post-order
-        if tr.parent[k] >= 0:
-            depth[k] = depth[tr.parent[k]] + 1
+    depth = _depths(tr.parent)
     # children lists (post-order within a parent) and where each child's ring sits in kid_q
     order = np.lexsort((np.arange(nn), tr.parent))
     kids = order[tr.parent[order] >= 0].astype(np.int64)
@@ -98,11 +95,10 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA)
     kids_ptr[1:] = np.cumsum(np.bincount(tr.parent[kids], minlength=nn))
     kq_off = np.full(nn, -1, dtype=np.int64)
     sib = np.zeros(nn, dtype=np.int64)
-    for p in np.flatnonzero(np.diff(kids_ptr)):
-        off = tr.kid_ptr[p]
-        for i, c in enumerate(kids[kids_ptr[p] : kids_ptr[p + 1]]):
-            kq_off[c], sib[c] = off, i
-            off += r[c]
+    par = tr.parent[kids]
+    sib[kids] = np.arange(len(kids)) - kids_ptr[par]
+    within = np.cumsum(r[kids]) - r[kids]  # ring offset of each child among its siblings
+    kq_off[kids] = tr.kid_ptr[par] + within - (np.cumsum(r[kids]) - r[kids])[kids_ptr[par]]
     l_ptr = np.zeros(nn + 1, dtype=np.int64)
     l_ptr[1:] = np.cumsum(m * s)
     # subtrees: all nodes at the shallowest depth with at least `parts` nodes
@@ -110,10 +106,7 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA)
     while (depth == d_cut).sum() < parts and (depth == d_cut + 1).any():
         d_cut += 1
     root = np.flatnonzero(depth == d_cut)
-    size = np.ones(nn, dtype=np.int64)
-    for k in range(nn):
-        if tr.parent[k] >= 0:
-            size[tr.parent[k]] += size[k]
+    size = _subtree_sizes(tr.parent)
     first = root - size[root] + 1
     task_of = np.full(nn, -1, dtype=np.int64)
     task_of[root] = np.arange(len(root))
@@ -147,24 +140,64 @@ def _runs(
     parent position ``run_q``, then a closing entry ``run_a = r[c]``, so run ``i`` ends where ``i + 1`` starts.
     ``split[c]`` counts the ring nodes that are the parent's pivots (they come first: positions increase).
     """
+    has = (kq_off >= 0) & (r > 0)
+    lens = np.zeros(len(r), dtype=np.int64)
+    return _runs_compiled(kid_q, kq_off, r.astype(np.int64), s.astype(np.int64), parent, has, lens)
+
+
+@nb.njit(cache=True)
+def _runs_compiled(kid_q, kq_off, r, s, parent, has, lens):
     nn = len(r)
-    lens = np.zeros(nn, dtype=np.int64)
     split = np.zeros(nn, dtype=np.int64)
-    starts_a, starts_q = [], []
     for c in range(nn):
-        if kq_off[c] < 0 or r[c] == 0:
+        if not has[c]:
             continue
-        q = kid_q[kq_off[c] : kq_off[c] + r[c]]
-        a0 = np.flatnonzero(np.r_[True, np.diff(q) != 1])
-        starts_a.append(np.r_[a0, r[c]])
-        starts_q.append(np.r_[q[a0], -1])
-        lens[c] = len(a0) + 1
-        split[c] = np.searchsorted(q, s[parent[c]])
+        q0 = kq_off[c]
+        cnt = 1
+        for a in range(1, r[c]):
+            if kid_q[q0 + a] != kid_q[q0 + a - 1] + 1:
+                cnt += 1
+        lens[c] = cnt + 1
+        sp_ = s[parent[c]]
+        k = 0
+        while k < r[c] and kid_q[q0 + k] < sp_:
+            k += 1
+        split[c] = k
     run_ptr = np.zeros(nn + 1, dtype=np.int64)
-    run_ptr[1:] = np.cumsum(lens)
-    run_a = np.concatenate(starts_a).astype(np.int64) if starts_a else np.zeros(0, np.int64)
-    run_q = np.concatenate(starts_q).astype(np.int64) if starts_q else np.zeros(0, np.int64)
+    for c in range(nn):
+        run_ptr[c + 1] = run_ptr[c] + lens[c]
+    run_a = np.empty(run_ptr[-1], dtype=np.int64)
+    run_q = np.empty(run_ptr[-1], dtype=np.int64)
+    for c in range(nn):
+        if not has[c]:
+            continue
+        q0, o = kq_off[c], run_ptr[c]
+        for a in range(r[c]):
+            if a == 0 or kid_q[q0 + a] != kid_q[q0 + a - 1] + 1:
+                run_a[o] = a
+                run_q[o] = kid_q[q0 + a]
+                o += 1
+        run_a[o] = r[c]
+        run_q[o] = -1
     return run_ptr, run_a, run_q, split
+
+
+@nb.njit(cache=True)
+def _subtree_sizes(parent):
+    size = np.ones(len(parent), dtype=np.int64)
+    for k in range(len(parent)):  # post-order: children first
+        if parent[k] >= 0:
+            size[parent[k]] += size[k]
+    return size
+
+
+@nb.njit(cache=True)
+def _depths(parent):
+    depth = np.zeros(len(parent), dtype=np.int64)
+    for k in range(len(parent) - 1, -1, -1):  # parents come after children in post-order
+        if parent[k] >= 0:
+            depth[k] = depth[parent[k]] + 1
+    return depth
 
 
 @dataclass

@@ -17,7 +17,7 @@ stay zero. Only the lower triangle of a front is ever assembled or read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -86,11 +86,18 @@ class Tree:
 
 @dataclass(frozen=True, eq=False)
 class Symbolic:
-    """Per-shape structure: padded ``levels`` (for batched tensor kernels) and the unpadded ``tree``."""
+    """Per-shape structure: the unpadded ``tree`` and, built on first use, the padded ``levels``.
+
+    The levels serve the batched tensor kernels (GPU, float64 path); the CPU path needs the tree only.
+    """
 
     shape: tuple[int, int]
-    levels: tuple[Level, ...]
     tree: Tree
+
+    @cached_property
+    def levels(self) -> tuple[Level, ...]:
+        n = self.shape[0] * self.shape[1]
+        return tuple(_level(self.tree, h, n) for h in range(int(self.tree.height.max()) + 1))
 
     def flops(self) -> float:
         return sum(lv.flops() for lv in self.levels)
@@ -282,9 +289,8 @@ def _level(tr: Tree, h: int, n: int) -> Level:
 
 @lru_cache(maxsize=8)
 def symbolic(shape: tuple[int, int], leaf_area: int = LEAF_AREA) -> Symbolic:
-    """Elimination tree, padded level layout and index maps for an ``H x W`` grid (cached per shape)."""
+    """Elimination tree and index maps for an ``H x W`` grid (cached per shape); levels are built lazily."""
     shape = (int(shape[0]), int(shape[1]))
     nodes = _build_tree(shape, leaf_area)
     tree = _tree(shape, nodes)
-    n = shape[0] * shape[1]
-    return Symbolic(shape, tuple(_level(tree, h, n) for h in range(int(tree.height.max()) + 1)), tree)
+    return Symbolic(shape, tree)
