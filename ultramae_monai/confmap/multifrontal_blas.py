@@ -4,13 +4,13 @@ Same elimination tree and fronts as :mod:`ultramae_monai.confmap.multifrontal` (
 grid, fixed per shape), but organised for a CPU rather than for batched tensor kernels:
 
 * the tree is cut into independent subtrees, one numba thread each, walked depth-first. A front's
-  pivot columns are built in place in the factor; its update block lives in a per-depth slot of the
-  thread's arena, and a finished child adds its update straight into its parent's front (Duff & Reid,
-  ACM TOMS 9(3), 1983): no update stack, no copies, no padding. Rings are ordered as in the parent's
-  front (:mod:`.multifrontal_symbolic`), so that scatter runs down each column in order;
-* each front is eliminated by ``spotrf``/``strsm``/``ssyrk`` (:mod:`.blas`, single-threaded), or, for the
-  tiny fronts low in the tree where a library call costs more than the arithmetic, by a short
-  vectorised loop;
+  pivot columns are built in place in the factor; its update block waits in a per-depth slot of the
+  thread's arena until the parent takes it in (Duff & Reid, ACM TOMS 9(3), 1983): no update stack, no
+  copies, no padding, no zero-filling of update blocks. Rings are ordered as in the parent's front
+  (:mod:`.multifrontal_symbolic`), so extend-add runs down each column in contiguous runs;
+* each front is eliminated by ``spotrf``/``strtri``/``sgemm`` (:mod:`.blas`, single-threaded), or, for
+  the tiny fronts low in the tree where a library call costs more than the arithmetic, by a short
+  vectorised loop (inner loops index slices from 0, so numba drops its wraparound checks);
 * float32 halves memory traffic and doubles the SIMD width. It is not accurate enough on its own (the
   weights span 1e-5..1), so :mod:`ultramae_monai.confmap.refine` uses the factor as a preconditioner for
   conjugate gradients in float64, which reaches float64 accuracy in two or three steps.
@@ -140,14 +140,14 @@ def _runs(
     parent position ``run_q``, then a closing entry ``run_a = r[c]``, so run ``i`` ends where ``i + 1`` starts.
     ``split[c]`` counts the ring nodes that are the parent's pivots (they come first: positions increase).
     """
-    has = (kq_off >= 0) & (r > 0)
-    lens = np.zeros(len(r), dtype=np.int64)
-    return _runs_compiled(kid_q, kq_off, r.astype(np.int64), s.astype(np.int64), parent, has, lens)
+    return _runs_compiled(kid_q, kq_off, r.astype(np.int64), s.astype(np.int64), parent)
 
 
 @nb.njit(cache=True)
-def _runs_compiled(kid_q, kq_off, r, s, parent, has, lens):
+def _runs_compiled(kid_q, kq_off, r, s, parent):
     nn = len(r)
+    has = (kq_off >= 0) & (r > 0)
+    lens = np.zeros(nn, dtype=np.int64)
     split = np.zeros(nn, dtype=np.int64)
     for c in range(nn):
         if not has[c]:
