@@ -13,7 +13,10 @@ from ultramae_monai.confmap.blas import partial_cholesky, single_threaded_blas
 from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import csr_to_stencil, solve_multifrontal_batch, stencil_from_2d
 from ultramae_monai.confmap.multifrontal_blas import (
+    _excess_update,
+    _partial_cholesky_gth,
     _partial_cholesky_small,
+    _partial_cholesky_small_gth,
     cpu_plan,
     factorize_cpu,
     release,
@@ -164,3 +167,43 @@ def test_one_pass_stencil_equals_the_padded_assembly(with_fov: bool) -> None:
     coef, b = stencil_9pt(ew, seeds, fov)
     np.testing.assert_allclose(coef, stencil_from_2d(st.c, st.s, st.e, st.se, st.ne), rtol=1e-14, atol=1e-15)
     np.testing.assert_array_equal(b, st.b[1:-1, 1:-1].ravel())
+
+
+@pytest.mark.parametrize(("m", "s"), [(28, 12), (300, 64), (150, 150), (200, 130)])
+def test_row_sum_pivot_elimination_matches_cholesky_and_carries_the_excess(m: int, s: int) -> None:
+    a, f = _front(m, s, m * s)
+    ex = a.sum(axis=1)  # the rows' excess: coupling to Dirichlet nodes
+    cols = f.reshape(s, m).T
+    cols[np.arange(s), np.arange(s)] = ex[:s]  # the GTH kernels expect excesses on the diagonal
+    f = np.asfortranarray(cols).ravel(order="F")
+    l11 = np.linalg.cholesky(a[:s, :s])
+    l21 = np.linalg.solve(l11, a[s:, :s].T).T
+    z_ref = np.linalg.solve(l11, ex[:s])
+    r = m - s
+    with single_threaded_blas():
+        for kernel in (_partial_cholesky_small_gth, _partial_cholesky_gth):
+            ff, u, z = f.copy(), np.zeros(max(r * r, 1), dtype=np.float32), np.zeros(s, dtype=np.float32)
+            assert kernel(ff, m, s, u, z)
+            out = ff.reshape(s, m).T
+            np.testing.assert_allclose(np.tril(out[:s]), np.linalg.inv(l11), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(out[s:], l21, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-7)
+            if r:
+                _excess_update(ff, m, s, u, z)
+                upd = u[: r * r].reshape(r, r).T
+                off = np.tril(np.ones((r, r), dtype=bool), -1)
+                np.testing.assert_allclose(upd[off], (-l21 @ l21.T)[off], rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(np.diag(upd), -l21 @ z_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_row_sum_pivots_make_one_float32_solve_accurate() -> None:
+    shape = (48, 41)
+    mat, b = _random_system(shape, seed=11)
+    ref = spla.spsolve(sp.csc_matrix(mat), b)
+    coef = csr_to_stencil(mat, shape)[None]
+    errs = {}
+    for row_sums in (False, True):
+        factor = factorize_cpu(coef, shape, row_sums=row_sums)
+        errs[row_sums] = np.abs(solve_cpu(factor, b[None])[0] - ref).max() / np.abs(ref).max()
+        release(factor)
+    assert errs[True] <= 1e-5 and errs[True] < errs[False]

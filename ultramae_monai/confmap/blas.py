@@ -22,7 +22,7 @@ from numba import types
 from numba.extending import get_cython_function_address
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["partial_cholesky", "single_threaded_blas"]
+__all__ = ["gemm_nt", "invert_lower", "partial_cholesky", "schur_lower", "single_threaded_blas"]
 
 
 def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
@@ -51,6 +51,48 @@ def single_threaded_blas() -> AbstractContextManager:
 
 
 _L, _N, _R, _T = ord("L"), ord("N"), ord("R"), ord("T")
+
+
+@nb.njit(cache=True, nogil=True)
+def gemm_nt(
+    mr: int, nc: int, k: int, a: np.ndarray, lda: int, b: np.ndarray, ldb: int, c: np.ndarray, ldc: int, beta: float
+) -> None:
+    """``C[:mr, :nc] <- beta C - A[:mr, :k] B[:nc, :k]^T`` (float32, column-major views, leading dimensions)."""
+    ch = np.empty(2, np.uint8)
+    ch[0], ch[1] = _N, _T
+    iv = np.empty(6, np.int32)
+    iv[0], iv[1], iv[2], iv[3], iv[4], iv[5] = mr, nc, k, lda, ldb, ldc
+    sc = np.empty(2, np.float32)
+    sc[0], sc[1] = -1.0, beta
+    _sgemm(
+        ch[0:].ctypes, ch[1:].ctypes, iv[0:].ctypes, iv[1:].ctypes, iv[2:].ctypes, sc[0:].ctypes, a.ctypes,
+        iv[3:].ctypes, b.ctypes, iv[4:].ctypes, sc[1:].ctypes, c.ctypes, iv[5:].ctypes,
+    )  # fmt: skip
+
+
+@nb.njit(cache=True, nogil=True)
+def invert_lower(f: np.ndarray, m: int, s: int) -> bool:
+    """``L11 <- L11^-1`` in place (``strtri``) for the ``s x s`` lower triangle at the top of ``f`` (ld ``m``)."""
+    ch = np.empty(2, np.uint8)
+    ch[0], ch[1] = _L, _N
+    iv = np.empty(3, np.int32)
+    iv[0], iv[1], iv[2] = s, m, 0
+    _strtri(ch[0:].ctypes, ch[1:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[2:].ctypes)
+    return iv[2] == 0
+
+
+@nb.njit(cache=True, nogil=True)
+def schur_lower(f: np.ndarray, m: int, s: int, u: np.ndarray) -> None:
+    """``u <- -L21 L21^T`` (lower triangle, ld ``r = m - s``) from ``L21 = f[s:m, :s]`` (ld ``m``).
+
+    GEMMs on block columns from the diagonal block down: OpenBLAS's SGEMM is about twice as fast per flop
+    as its SYRK at these shapes, and the diagonal blocks' upper halves are never read.
+    """
+    r = m - s
+    f21 = f[s:]
+    for j0 in range(0, r, GEMM_BLOCK):
+        bj = min(GEMM_BLOCK, r - j0)
+        gemm_nt(r - j0, bj, s, f21[j0:], m, f21[j0:], m, u[j0 + j0 * r :], r, 0.0)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -95,15 +137,5 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
             ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
             sc[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
         )  # fmt: skip
-    # the lower triangle of -L21 L21^T by block columns: a GEMM from the diagonal block down (SGEMM is
-    # about twice as fast as SYRK per flop here; the diagonal blocks' upper halves are never read)
-    for j0 in range(0, r, GEMM_BLOCK):
-        bj = min(GEMM_BLOCK, r - j0)
-        iv[4], iv[5] = r - j0, bj
-        a = f21[j0:]
-        _sgemm(
-            ch[1:].ctypes, ch[3:].ctypes, iv[4:].ctypes, iv[5:].ctypes, iv[0:].ctypes, sc[1:].ctypes,
-            a.ctypes, iv[1:].ctypes, a.ctypes, iv[1:].ctypes, sc[2:].ctypes, u[j0 + j0 * r :].ctypes,
-            iv[2:].ctypes,
-        )  # fmt: skip
+    schur_lower(f, m, s, u)
     return True

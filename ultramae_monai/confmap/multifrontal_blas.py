@@ -29,12 +29,13 @@ from functools import lru_cache
 import numba as nb
 import numpy as np
 
-from ultramae_monai.confmap.blas import partial_cholesky, single_threaded_blas
+from ultramae_monai.confmap.blas import gemm_nt, invert_lower, partial_cholesky, schur_lower, single_threaded_blas
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
 
 SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop, not BLAS
+GTH_PANEL = 64  # pivot columns per panel of the blocked row-sum elimination
 LEAF_AREA = 12  # leaf boxes of the nested dissection (see multifrontal_symbolic)
 
 
@@ -216,11 +217,15 @@ class CpuFactor:
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q):
-    """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns)."""
+def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q, ex, gth):
+    """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns).
+
+    With row-sum pivots (``gth``) the diagonal entries are the rows' excesses ``ex`` instead.
+    """
     lf[: m * s] = 0.0
     for e in range(asm_ptr[k], asm_ptr[k + 1]):
-        lf[asm_p[e] + asm_q[e] * m] = coef[asm_src[e]]
+        src = asm_src[e]
+        lf[asm_p[e] + asm_q[e] * m] = ex[src // 9] if gth and src % 9 == 4 else coef[src]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
@@ -282,6 +287,115 @@ def _partial_cholesky_small(f, m, s, u):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _partial_cholesky_small_gth(f, m, s, u, z):
+    """:func:`_partial_cholesky_small` with every pivot taken from its row sum (Grassmann, Taksar & Heyman).
+
+    For a random-walk Laplacian (off-diagonals <= 0) the diagonal entry of a Schur complement is the
+    sum of its row's off-diagonal magnitudes plus the row's *excess* (its coupling to the Dirichlet
+    nodes), which elimination only increases by ``|L_jt| z_t`` (``z = L^-1 excess >= 0``). Computed that
+    way no subtraction cancels, so float32 pivots stay accurate where ``d - sum`` would lose every digit
+    (weights spanning 1e-5..1). On entry the pivot diagonals hold the excesses; ``z`` receives
+    ``L11^-1 excess``.
+    """
+    for j in range(s):
+        cj = f[j * m + j : (j + 1) * m]
+        exj = cj[0]
+        for t in range(j):
+            c = f[j + t * m]
+            exj -= c * z[t]  # + |L_jt| z_t
+            ct = f[t * m + j : (t + 1) * m]
+            for i in range(1, m - j):
+                cj[i] -= ct[i] * c
+        acc = exj
+        for i in range(1, m - j):
+            acc += abs(cj[i])
+        if not acc > 0.0:
+            return False
+        d = np.sqrt(acc)
+        inv = np.float32(1.0) / d
+        for i in range(1, m - j):
+            cj[i] *= inv
+        cj[0] = d
+        z[j] = exj * inv
+    _invert_lower(f, m, s, u)
+    r = m - s
+    u[: r * r] = 0.0
+    for c in range(r):
+        uc = u[c * r : (c + 1) * r]
+        for t in range(s):
+            coef = f[s + c + t * m]
+            ct = f[t * m + s : (t + 1) * m]
+            for i in range(r):
+                uc[i] -= ct[i] * coef
+    return True
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _gth_panel(f, m, j0, j1, z):
+    """Row-sum elimination of pivot columns ``j0:j1``, already updated by the columns before ``j0``."""
+    for j in range(j0, j1):
+        cj = f[j * m + j : (j + 1) * m]
+        exj = cj[0]
+        for t in range(j0, j):
+            c = f[j + t * m]
+            exj -= c * z[t]
+            ct = f[t * m + j : (t + 1) * m]
+            for i in range(1, m - j):
+                cj[i] -= ct[i] * c
+        acc = exj
+        for i in range(1, m - j):
+            acc += abs(cj[i])
+        if not acc > 0.0:
+            return False
+        d = np.sqrt(acc)
+        inv = np.float32(1.0) / d
+        for i in range(1, m - j):
+            cj[i] *= inv
+        cj[0] = d
+        z[j] = exj * inv
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _partial_cholesky_gth(f, m, s, u, z):
+    """The row-sum elimination for large fronts: left-looking panels of ``GTH_PANEL`` columns, each first
+    updated by one GEMM with all earlier columns (its pivots' excesses restored and corrected by
+    ``|L| z``), then eliminated by :func:`_gth_panel`; then ``L11^-1`` and the Schur update by BLAS."""
+    for j0 in range(0, s, GTH_PANEL):
+        j1 = min(j0 + GTH_PANEL, s)
+        if j0 > 0:
+            w = j1 - j0
+            ex = np.empty(w, dtype=np.float32)
+            for j in range(j0, j1):
+                ex[j - j0] = f[j + j * m]
+            gemm_nt(m - j0, w, j0, f[j0:], m, f[j0:], m, f[j0 + j0 * m :], m, 1.0)
+            for j in range(j0, j1):
+                acc = ex[j - j0]
+                for t in range(j0):
+                    acc -= f[j + t * m] * z[t]
+                f[j + j * m] = acc
+        if not _gth_panel(f, m, j0, j1, z):
+            return False
+    if not invert_lower(f, m, s):
+        return False
+    if m > s:
+        schur_lower(f, m, s, u)
+    return True
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _excess_update(f, m, s, u, z):
+    """Write the ring rows' excess increments ``-L21 z`` on the update block's diagonal (whose Schur
+    values the parent never uses: it recomputes its pivots from row sums)."""
+    r = m - s
+    for a in range(r):
+        acc = np.float32(0.0)
+        for t in range(s):
+            acc -= f[s + a + t * m] * z[t]
+        u[a + a * r] = acc
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _invert_lower(f, m, s, scratch):
     """Replace the ``s x s`` lower triangle ``L11`` at the top of ``f`` (leading dimension ``m``) by its inverse."""
     x = scratch[: s * s] if scratch.shape[0] >= s * s else np.empty(s * s, dtype=f.dtype)
@@ -301,16 +415,25 @@ def _invert_lower(f, m, s, scratch):
 
 
 @nb.njit(cache=True, nogil=True)
-def _eliminate(f, m, s, u, small):
+def _eliminate(f, m, s, u, small, gth):
+    if not gth:
+        if m < small:
+            return _partial_cholesky_small(f, m, s, u)
+        return partial_cholesky(f, m, s, u)
+    z = np.empty(s, dtype=np.float32)
     if m < small:
-        return _partial_cholesky_small(f, m, s, u)
-    return partial_cholesky(f, m, s, u)
+        ok = _partial_cholesky_small_gth(f, m, s, u, z)
+    else:
+        ok = _partial_cholesky_gth(f, m, s, u, z)
+    if ok:
+        _excess_update(f, m, s, u, z)
+    return ok
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _node(
     k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q,
-    small,
+    small, ex, gth,
 ):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
@@ -318,9 +441,9 @@ def _node(
     elimination has overwritten ``u`` with ``-L21 L21^T``, so update blocks are never zeroed.
     """
     m, s = m_[k], s_[k]
-    _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q)
+    _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q, ex, gth)
     for phase in range(2):
-        if phase == 1 and not _eliminate(lf, m, s, u, small):
+        if phase == 1 and not _eliminate(lf, m, s, u, small, gth):
             return False
         for i in range(kids_ptr[k], kids_ptr[k + 1]):
             c = kids[i]
@@ -335,7 +458,7 @@ def _node(
 @nb.njit(cache=True, parallel=True)
 def _factor_all(
     coef, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
-    run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, small,
+    run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, small, ex, gth,
 ):
     batch = coef.shape[0]
     nsub = len(root)
@@ -351,7 +474,7 @@ def _factor_all(
             uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
             good &= _node(
                 k, cb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
-                asm_ptr, asm_src, asm_p, asm_q, small,
+                asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b],
             )  # fmt: skip
         ok[task] = good
     for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
@@ -369,7 +492,7 @@ def _factor_all(
                 kid_u.append(ua[:0])
             good &= _node(
                 k, coef[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
-                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small,
+                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b],
             )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()
@@ -391,8 +514,35 @@ def release(factor: CpuFactor) -> None:
     _WORKSPACE[("lbuf",)] = factor.lbuf
 
 
+@nb.njit(cache=True, parallel=True)
+def _excess(coef, ex):
+    """Each row's excess (row sum: its coupling to the Dirichlet nodes, round-off clipped at 0) into ``ex``,
+    and per batch item whether the row-sum pivots apply: no positive off-diagonal and no negative row sum
+    (a random-walk Laplacian, i.e. a diagonally dominant M-matrix)."""
+    batch, n = coef.shape[0], coef.shape[1] // 9
+    ok = np.ones(batch, dtype=np.bool_)
+    for b in range(batch):
+        positive = 0
+        for p in nb.prange(n):
+            acc = 0.0
+            for d in range(9):
+                v = coef[b, p * 9 + d]
+                acc += v
+                if d != 4 and v > 0.0:
+                    positive += 1
+            if acc < -1e-12 * abs(coef[b, p * 9 + 4]):  # not diagonally dominant: not a random walk
+                positive += 1
+            ex[b, p] = max(acc, 0.0)
+        ok[b] = positive == 0
+    return ok
+
+
 def factorize_cpu(
-    coef: np.ndarray, shape: tuple[int, int], small: int = SMALL_FRONT, leaf_area: int = LEAF_AREA
+    coef: np.ndarray,
+    shape: tuple[int, int],
+    small: int = SMALL_FRONT,
+    leaf_area: int = LEAF_AREA,
+    row_sums: bool = True,
 ) -> CpuFactor | None:
     """float32 factor of a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
@@ -403,6 +553,8 @@ def factorize_cpu(
     plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area)
     tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
+    ex = np.empty((batch, flat.shape[1] // 9))
+    gth = _excess(flat, ex) if row_sums else np.zeros(batch, dtype=np.bool_)
     arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
     uarenas = _workspace(("uarenas",), (batch, max(int(plan.upper_off[-1]), 1)))
     lbuf = _workspace(("lbuf",), (batch, int(plan.l_ptr[-1])))
@@ -411,7 +563,7 @@ def factorize_cpu(
             flat, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.slot_len, plan.depth, plan.sib,
             plan.s, plan.m, plan.kids_ptr, plan.kids, plan.run_ptr, plan.run_a, plan.run_q, plan.split,
             plan.l_ptr, tr.asm_ptr, tr.asm_src, tr.asm_p, tr.asm_q, plan.upper, plan.upper_off, plan.task_of,
-            small,
+            small, ex, gth,
         )  # fmt: skip
     _WORKSPACE[("arenas",)] = arenas
     _WORKSPACE[("uarenas",)] = uarenas
