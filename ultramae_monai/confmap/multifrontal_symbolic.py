@@ -4,9 +4,10 @@ On a grid the elimination tree is known in closed form: recursive bisection of t
 longer side by one grid line (a row or column separates the two halves even for 8-neighbour couplings),
 down to small leaf boxes (George, SIAM J. Numer. Anal. 10(2), 1973). A tree node eliminates its leaf box
 or its separator line; its front is that set followed by the *ring* of its box (the grid nodes around the
-box, which all lie on ancestor separators). The child's ring is a subset of the parent's front, so
-extend-add is a fixed scatter. Everything here depends on the grid shape only (fixed nodes are ordinary
-nodes with identity rows), is computed once per shape and cached.
+box, which all lie on ancestor separators), ordered as those nodes sit in the parent's front. The
+child's ring is a subset of the parent's front, so extend-add is a fixed scatter, to increasing
+positions. Everything here depends on the grid shape only (fixed nodes are ordinary nodes with identity
+rows), is computed once per shape in compiled passes (~0.1 s at 512x476) and cached.
 
 Nodes are grouped into *levels* by height in the tree (leaves 0), so that a level's fronts are
 independent and can be factorised as one batched tensor operation. Within a level every front is padded
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+import numba as nb
 import numpy as np
 
 __all__ = ["DIRECTIONS", "Level", "Symbolic", "Tree", "symbolic"]
@@ -103,126 +105,10 @@ class Symbolic:
         return sum(lv.flops() for lv in self.levels)
 
 
-@dataclass
-class _Node:
-    box: tuple[int, int, int, int]
-    elim: np.ndarray
-    ring: np.ndarray
-    children: list[int]
-    height: int = 0
-
-
-def _build_tree(shape: tuple[int, int], leaf_area: int) -> list[_Node]:
-    """Nodes in post-order (children before parents) of the recursive bisection of the grid."""
-    h_all, w_all = shape
-    idx = np.arange(h_all * w_all).reshape(shape)
-    nodes: list[_Node] = []
-
-    def ring_of(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        ra, rb, ca, cb = max(r0 - 1, 0), min(r1 + 1, h_all), max(c0 - 1, 0), min(c1 + 1, w_all)
-        keep = np.ones((rb - ra, cb - ca), dtype=bool)
-        keep[r0 - ra : r1 - ra, c0 - ca : c1 - ca] = False
-        return idx[ra:rb, ca:cb][keep]  # C order, i.e. sorted
-
-    def visit(r0: int, r1: int, c0: int, c1: int) -> int:
-        h, w = r1 - r0, c1 - c0
-        if h * w <= leaf_area or max(h, w) < 3:
-            elim, kids = idx[r0:r1, c0:c1].ravel(), []
-        elif h >= w:
-            mid = r0 + h // 2
-            kids = [visit(r0, mid, c0, c1), visit(mid + 1, r1, c0, c1)]
-            elim = idx[mid, c0:c1]
-        else:
-            mid = c0 + w // 2
-            kids = [visit(r0, r1, c0, mid), visit(r0, r1, mid + 1, c1)]
-            elim = idx[r0:r1, mid]
-        height = 1 + max((nodes[k].height for k in kids), default=-1)
-        nodes.append(_Node((r0, r1, c0, c1), elim, ring_of(r0, r1, c0, c1), kids, height))
-        return len(nodes) - 1
-
-    visit(0, h_all, 0, w_all)
-    # order every ring as its nodes sit in the parent's front (parents first): a child's update then
-    # maps to increasing parent positions, so extend-add writes each column in order without branches
-    pos = np.empty(h_all * w_all, dtype=np.int64)
-    parent = {c: k for k, nd in enumerate(nodes) for c in nd.children}
-    for k in range(len(nodes) - 2, -1, -1):
-        par = nodes[parent[k]]
-        pos[par.elim] = np.arange(len(par.elim))
-        pos[par.ring] = len(par.elim) + np.arange(len(par.ring))
-        nodes[k].ring = nodes[k].ring[np.argsort(pos[nodes[k].ring], kind="stable")]
-    return nodes
-
-
 def _ptr(lengths: np.ndarray) -> np.ndarray:
     ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     ptr[1:] = np.cumsum(lengths)
     return ptr
-
-
-def _tree(shape: tuple[int, int], nodes: list[_Node]) -> Tree:
-    """Flat per-node arrays and all front positions, vectorised over the whole tree."""
-    h_all, w_all = shape
-    n = h_all * w_all
-    nn = len(nodes)
-    s_k = np.array([len(nd.elim) for nd in nodes], dtype=np.int64)
-    r_k = np.array([len(nd.ring) for nd in nodes], dtype=np.int64)
-    box = np.array([nd.box for nd in nodes], dtype=np.int64).reshape(nn, 4)
-    parent = np.full(nn, -1, dtype=np.int64)
-    for k, nd in enumerate(nodes):
-        parent[nd.children] = k
-    elim_ptr, ring_ptr = _ptr(s_k), _ptr(r_k)
-    elim = np.concatenate([nd.elim for nd in nodes]).astype(np.int64)
-    ring = np.concatenate([nd.ring for nd in nodes]).astype(np.int64) if r_k.sum() else np.zeros(0, np.int64)
-    elim_owner = np.repeat(np.arange(nn), s_k)
-    ring_owner = np.repeat(np.arange(nn), r_k)
-    owner = np.empty(n, dtype=np.int64)
-    owner[elim] = elim_owner
-    elim_pos = np.empty(n, dtype=np.int64)
-    elim_pos[elim] = np.arange(n) - elim_ptr[elim_owner]
-    ring_key = ring_owner * n + ring
-    key_order = np.argsort(ring_key, kind="stable")
-    sorted_key = ring_key[key_order]
-
-    def front_pos(k: np.ndarray, glob: np.ndarray) -> np.ndarray:
-        if len(sorted_key) == 0:  # a single leaf: no rings
-            return elim_pos[glob]
-        at = np.minimum(np.searchsorted(sorted_key, k * n + glob), len(sorted_key) - 1)
-        in_ring = key_order[at] - ring_ptr[k] + s_k[k]
-        return np.where(owner[glob] == k, elim_pos[glob], in_ring)
-
-    # stencil entry (i, j) belongs to the front of i's owner when j is in that front
-    i = np.repeat(np.arange(n), 9)
-    d = np.tile(np.arange(9), n)
-    ri, ci = i // w_all + d // 3 - 1, i % w_all + d % 3 - 1
-    ok = (ri >= 0) & (ri < h_all) & (ci >= 0) & (ci < w_all)
-    i, d, ri, ci = i[ok], d[ok], ri[ok], ci[ok]
-    j = ri * w_all + ci
-    k = owner[i]
-    bk = box[k]
-    inside = (ri >= bk[:, 0]) & (ri < bk[:, 1]) & (ci >= bk[:, 2]) & (ci < bk[:, 3])
-    ok = ~inside | (owner[j] == k)
-    i, d, j, k = i[ok], d[ok], j[ok], k[ok]
-    order = np.argsort(k, kind="stable")
-    i, d, j, k = i[order], d[order], j[order], k[order]
-    p, q = elim_pos[i], front_pos(k, j)
-    asm_ptr = _ptr(np.bincount(k, minlength=nn))
-    # children's ring positions in the parent's front, grouped by parent, children in order
-    has_parent = parent[ring_owner] >= 0
-    kid_node, kid_glob = ring_owner[has_parent], ring[has_parent]
-    kid_par = parent[kid_node]
-    order = np.argsort(kid_par, kind="stable")
-    kid_q = front_pos(kid_par[order], kid_glob[order])
-    kid_ptr = _ptr(np.bincount(kid_par, minlength=nn))
-    nkids = np.array([len(nd.children) for nd in nodes], dtype=np.int64)
-    height = np.array([nd.height for nd in nodes], dtype=np.int64)
-    level_pos = np.zeros(nn, dtype=np.int64)
-    for h in range(height.max() + 1):
-        at = height == h
-        level_pos[at] = np.arange(at.sum())
-    return Tree(
-        parent, height, level_pos, elim_ptr, elim, ring_ptr, ring, asm_ptr, i * 9 + d,
-        np.maximum(p, q), np.minimum(p, q), kid_ptr, kid_q, nkids,
-    )  # fmt: skip
 
 
 def _level(tr: Tree, h: int, n: int) -> Level:
@@ -287,10 +173,218 @@ def _level(tr: Tree, h: int, n: int) -> Level:
     return Level(s_max, r_max, elim, ring, tr.asm_src[e], dst, pad, tuple(children))
 
 
+@nb.njit(cache=True)
+def _bisect(h_all: int, w_all: int, leaf_area: int):
+    """Post-order nodes of the recursive bisection: boxes, kind (0 leaf, 1 row separator, 2 column), cut, children."""
+    cap = 2 * h_all * w_all + 1
+    box = np.empty((cap, 4), dtype=np.int64)
+    kind = np.empty(cap, dtype=np.int64)
+    cut = np.empty(cap, dtype=np.int64)
+    kids = np.full((cap, 2), -1, dtype=np.int64)
+    height = np.zeros(cap, dtype=np.int64)
+    stack = np.empty((64 + 2 * (h_all + w_all), 5), dtype=np.int64)  # r0, r1, c0, c1, expanded
+    done = np.empty(64 + 2 * (h_all + w_all), dtype=np.int64)  # emitted subtree roots awaiting a parent
+    sp, dp, nn = 0, 0, 0
+    stack[0] = (0, h_all, 0, w_all, 0)
+    sp = 1
+    while sp > 0:
+        sp -= 1
+        r0, r1, c0, c1, expanded = stack[sp]
+        h, w = r1 - r0, c1 - c0
+        leaf = h * w <= leaf_area or max(h, w) < 3
+        if not leaf and not expanded:
+            stack[sp] = (r0, r1, c0, c1, 1)
+            if h >= w:
+                mid = r0 + h // 2
+                stack[sp + 1] = (mid + 1, r1, c0, c1, 0)
+                stack[sp + 2] = (r0, mid, c0, c1, 0)
+            else:
+                mid = c0 + w // 2
+                stack[sp + 1] = (r0, r1, mid + 1, c1, 0)
+                stack[sp + 2] = (r0, r1, c0, mid, 0)
+            sp += 3
+            continue
+        box[nn] = (r0, r1, c0, c1)
+        if leaf:
+            kind[nn], cut[nn] = 0, -1
+        else:
+            kind[nn] = 1 if h >= w else 2
+            cut[nn] = r0 + h // 2 if h >= w else c0 + w // 2
+            kids[nn, 1] = done[dp - 1]
+            kids[nn, 0] = done[dp - 2]
+            dp -= 2
+            height[nn] = 1 + max(height[kids[nn, 0]], height[kids[nn, 1]])
+        done[dp] = nn
+        dp += 1
+        nn += 1
+    return box[:nn].copy(), kind[:nn].copy(), cut[:nn].copy(), kids[:nn].copy(), height[:nn].copy()
+
+
+@nb.njit(cache=True)
+def _sets(h_all: int, w_all: int, box, kind, cut, kids):
+    """Eliminated sets (C order) and rings (ordered as in the parent's front) of every node, CSR-style."""
+    nn = box.shape[0]
+    s = np.empty(nn, dtype=np.int64)
+    r = np.empty(nn, dtype=np.int64)
+    for k in range(nn):
+        r0, r1, c0, c1 = box[k]
+        if kind[k] == 0:
+            s[k] = (r1 - r0) * (c1 - c0)
+        else:
+            s[k] = (c1 - c0) if kind[k] == 1 else (r1 - r0)
+        ra, rb, ca, cb = max(r0 - 1, 0), min(r1 + 1, h_all), max(c0 - 1, 0), min(c1 + 1, w_all)
+        r[k] = (rb - ra) * (cb - ca) - (r1 - r0) * (c1 - c0)
+    elim_ptr = np.zeros(nn + 1, dtype=np.int64)
+    ring_ptr = np.zeros(nn + 1, dtype=np.int64)
+    for k in range(nn):
+        elim_ptr[k + 1] = elim_ptr[k] + s[k]
+        ring_ptr[k + 1] = ring_ptr[k] + r[k]
+    elim = np.empty(elim_ptr[-1], dtype=np.int64)
+    ring = np.empty(ring_ptr[-1], dtype=np.int64)
+    for k in range(nn):
+        r0, r1, c0, c1 = box[k]
+        o = elim_ptr[k]
+        if kind[k] == 0:
+            for i in range(r0, r1):
+                for j in range(c0, c1):
+                    elim[o] = i * w_all + j
+                    o += 1
+        elif kind[k] == 1:
+            for j in range(c0, c1):
+                elim[o] = cut[k] * w_all + j
+                o += 1
+        else:
+            for i in range(r0, r1):
+                elim[o] = i * w_all + cut[k]
+                o += 1
+        o = ring_ptr[k]
+        for i in range(max(r0 - 1, 0), min(r1 + 1, h_all)):
+            for j in range(max(c0 - 1, 0), min(c1 + 1, w_all)):
+                if not (r0 <= i < r1 and c0 <= j < c1):
+                    ring[o] = i * w_all + j
+                    o += 1
+    # rings in parent-front order, parents first (reverse post-order)
+    parent = np.full(nn, -1, dtype=np.int64)
+    for k in range(nn):
+        for c in kids[k]:
+            if c >= 0:
+                parent[c] = k
+    pos = np.empty(h_all * w_all, dtype=np.int64)
+    for k in range(nn - 2, -1, -1):
+        p = parent[k]
+        for a in range(elim_ptr[p], elim_ptr[p + 1]):
+            pos[elim[a]] = a - elim_ptr[p]
+        for a in range(ring_ptr[p], ring_ptr[p + 1]):
+            pos[ring[a]] = s[p] + a - ring_ptr[p]
+        seg = ring[ring_ptr[k] : ring_ptr[k + 1]]
+        keys = np.empty(len(seg), dtype=np.int64)
+        for a in range(len(seg)):
+            keys[a] = pos[seg[a]]
+        ring[ring_ptr[k] : ring_ptr[k + 1]] = seg[np.argsort(keys, kind="mergesort")]
+    return parent, elim_ptr, elim, ring_ptr, ring
+
+
+@nb.njit(cache=True)
+def _maps(h_all: int, w_all: int, box, kids, parent, elim_ptr, elim, ring_ptr, ring):
+    """Assembly entries (stencil entry -> lower-triangle front position) and children's ring positions."""
+    nn = len(parent)
+    n = h_all * w_all
+    owner = np.empty(n, dtype=np.int64)
+    for k in range(nn):
+        for a in range(elim_ptr[k], elim_ptr[k + 1]):
+            owner[elim[a]] = k
+    pos = np.full(n, -1, dtype=np.int64)
+    cnt = np.zeros(nn, dtype=np.int64)
+    for pass_ in range(2):  # count, then fill
+        if pass_ == 1:
+            asm_ptr = np.zeros(nn + 1, dtype=np.int64)
+            for k in range(nn):
+                asm_ptr[k + 1] = asm_ptr[k] + cnt[k]
+            total = asm_ptr[-1]
+            asm_src = np.empty(total, dtype=np.int64)
+            asm_p = np.empty(total, dtype=np.int64)
+            asm_q = np.empty(total, dtype=np.int64)
+        for k in range(nn):
+            s = elim_ptr[k + 1] - elim_ptr[k]
+            for a in range(elim_ptr[k], elim_ptr[k + 1]):
+                pos[elim[a]] = a - elim_ptr[k]
+            for a in range(ring_ptr[k], ring_ptr[k + 1]):
+                pos[ring[a]] = s + a - ring_ptr[k]
+            r0, r1, c0, c1 = box[k]
+            o = 0 if pass_ == 0 else asm_ptr[k]
+            for a in range(elim_ptr[k], elim_ptr[k + 1]):
+                i = elim[a]
+                ii, ij = i // w_all, i % w_all
+                for d in range(9):
+                    ri, ci = ii + d // 3 - 1, ij + d % 3 - 1
+                    if ri < 0 or ri >= h_all or ci < 0 or ci >= w_all:
+                        continue
+                    j = ri * w_all + ci
+                    inside = r0 <= ri < r1 and c0 <= ci < c1
+                    if inside and owner[j] != k:
+                        continue
+                    if pass_ == 0:
+                        cnt[k] += 1
+                    else:
+                        p, q = pos[i], pos[j]
+                        asm_src[o] = i * 9 + d
+                        asm_p[o] = max(p, q)
+                        asm_q[o] = min(p, q)
+                        o += 1
+            for a in range(elim_ptr[k], elim_ptr[k + 1]):
+                pos[elim[a]] = -1
+            for a in range(ring_ptr[k], ring_ptr[k + 1]):
+                pos[ring[a]] = -1
+    # children's rings in their parent's front, grouped by parent, children in node order
+    kid_cnt = np.zeros(nn, dtype=np.int64)
+    for c in range(nn):
+        if parent[c] >= 0:
+            kid_cnt[parent[c]] += ring_ptr[c + 1] - ring_ptr[c]
+    kid_ptr = np.zeros(nn + 1, dtype=np.int64)
+    for k in range(nn):
+        kid_ptr[k + 1] = kid_ptr[k] + kid_cnt[k]
+    kid_q = np.empty(kid_ptr[-1], dtype=np.int64)
+    for k in range(nn):
+        if kids[k, 0] < 0:
+            continue
+        s = elim_ptr[k + 1] - elim_ptr[k]
+        for a in range(elim_ptr[k], elim_ptr[k + 1]):
+            pos[elim[a]] = a - elim_ptr[k]
+        for a in range(ring_ptr[k], ring_ptr[k + 1]):
+            pos[ring[a]] = s + a - ring_ptr[k]
+        o = kid_ptr[k]
+        for c in kids[k]:
+            for a in range(ring_ptr[c], ring_ptr[c + 1]):
+                kid_q[o] = pos[ring[a]]
+                o += 1
+        for a in range(elim_ptr[k], elim_ptr[k + 1]):
+            pos[elim[a]] = -1
+        for a in range(ring_ptr[k], ring_ptr[k + 1]):
+            pos[ring[a]] = -1
+    return asm_ptr, asm_src, asm_p, asm_q, kid_ptr, kid_q
+
+
+def _tree(shape: tuple[int, int], leaf_area: int) -> Tree:
+    """The whole tree in three compiled passes: bisection, sets and rings, assembly and extend-add maps."""
+    h_all, w_all = shape
+    box, kind, cut, kids, height = _bisect(h_all, w_all, leaf_area)
+    parent, elim_ptr, elim, ring_ptr, ring = _sets(h_all, w_all, box, kind, cut, kids)
+    asm_ptr, asm_src, asm_p, asm_q, kid_ptr, kid_q = _maps(
+        h_all, w_all, box, kids, parent, elim_ptr, elim, ring_ptr, ring
+    )
+    nkids = (kids >= 0).sum(axis=1).astype(np.int64)
+    level_pos = np.zeros(len(parent), dtype=np.int64)
+    for h in range(int(height.max()) + 1):
+        at = height == h
+        level_pos[at] = np.arange(at.sum())
+    return Tree(
+        parent, height, level_pos, elim_ptr, elim, ring_ptr, ring, asm_ptr, asm_src, asm_p, asm_q, kid_ptr, kid_q,
+        nkids,
+    )  # fmt: skip
+
+
 @lru_cache(maxsize=8)
 def symbolic(shape: tuple[int, int], leaf_area: int = LEAF_AREA) -> Symbolic:
     """Elimination tree and index maps for an ``H x W`` grid (cached per shape); levels are built lazily."""
     shape = (int(shape[0]), int(shape[1]))
-    nodes = _build_tree(shape, leaf_area)
-    tree = _tree(shape, nodes)
-    return Symbolic(shape, tree)
+    return Symbolic(shape, _tree(shape, leaf_area))
