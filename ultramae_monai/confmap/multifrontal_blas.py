@@ -253,6 +253,21 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _inverse_and_update(f, m, s, u):
+    """After the pivot columns of a small front: ``L11 <- L11^-1`` and ``u = -L21 L21^T`` (full ``r x r``)."""
+    _invert_lower(f, m, s, u)
+    r = m - s
+    u[: r * r] = 0.0
+    for c in range(r):
+        uc = u[c * r : (c + 1) * r]
+        for t in range(s):
+            coef = f[s + c + t * m]
+            ct = f[t * m + s : (t + 1) * m]
+            for i in range(r):
+                uc[i] -= ct[i] * coef
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _partial_cholesky_small(f, m, s, u):
     """:func:`partial_cholesky` for small fronts: left-looking pivot columns, ``L11^-1``, ``u = -L21 L21^T``.
 
@@ -273,16 +288,7 @@ def _partial_cholesky_small(f, m, s, u):
         for i in range(m - j):
             cj[i] *= inv
         cj[0] = d
-    _invert_lower(f, m, s, u)
-    r = m - s
-    u[: r * r] = 0.0
-    for c in range(r):
-        uc = u[c * r : (c + 1) * r]
-        for t in range(s):
-            coef = f[s + c + t * m]
-            ct = f[t * m + s : (t + 1) * m]
-            for i in range(r):
-                uc[i] -= ct[i] * coef
+    _inverse_and_update(f, m, s, u)
     return True
 
 
@@ -297,36 +303,9 @@ def _partial_cholesky_small_gth(f, m, s, u, z):
     (weights spanning 1e-5..1). On entry the pivot diagonals hold the excesses; ``z`` receives
     ``L11^-1 excess``.
     """
-    for j in range(s):
-        cj = f[j * m + j : (j + 1) * m]
-        exj = cj[0]
-        for t in range(j):
-            c = f[j + t * m]
-            exj -= c * z[t]  # + |L_jt| z_t
-            ct = f[t * m + j : (t + 1) * m]
-            for i in range(1, m - j):
-                cj[i] -= ct[i] * c
-        acc = exj
-        for i in range(1, m - j):
-            acc += abs(cj[i])
-        if not acc > 0.0:
-            return False
-        d = np.sqrt(acc)
-        inv = np.float32(1.0) / d
-        for i in range(1, m - j):
-            cj[i] *= inv
-        cj[0] = d
-        z[j] = exj * inv
-    _invert_lower(f, m, s, u)
-    r = m - s
-    u[: r * r] = 0.0
-    for c in range(r):
-        uc = u[c * r : (c + 1) * r]
-        for t in range(s):
-            coef = f[s + c + t * m]
-            ct = f[t * m + s : (t + 1) * m]
-            for i in range(r):
-                uc[i] -= ct[i] * coef
+    if not _gth_panel(f, m, 0, s, z):
+        return False
+    _inverse_and_update(f, m, s, u)
     return True
 
 
@@ -415,12 +394,12 @@ def _invert_lower(f, m, s, scratch):
 
 
 @nb.njit(cache=True, nogil=True)
-def _eliminate(f, m, s, u, small, gth):
+def _eliminate(f, m, s, u, small, gth, z):
+    """One front, by the compiled loop or BLAS, with row-sum pivots if ``gth`` (``z``: scratch of >= s)."""
     if not gth:
         if m < small:
             return _partial_cholesky_small(f, m, s, u)
         return partial_cholesky(f, m, s, u)
-    z = np.empty(s, dtype=np.float32)
     if m < small:
         ok = _partial_cholesky_small_gth(f, m, s, u, z)
     else:
@@ -433,7 +412,7 @@ def _eliminate(f, m, s, u, small, gth):
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _node(
     k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q,
-    small, ex, gth,
+    small, ex, gth, z,
 ):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
@@ -443,7 +422,7 @@ def _node(
     m, s = m_[k], s_[k]
     _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q, ex, gth)
     for phase in range(2):
-        if phase == 1 and not _eliminate(lf, m, s, u, small, gth):
+        if phase == 1 and not _eliminate(lf, m, s, u, small, gth, z):
             return False
         for i in range(kids_ptr[k], kids_ptr[k + 1]):
             c = kids[i]
@@ -466,6 +445,7 @@ def _factor_all(
     for task in nb.prange(batch * nsub):
         b, t = task // nsub, task % nsub
         arena, lb, cb = arenas[task], lbuf[b], coef[b]
+        z = np.empty(s_.max(), dtype=np.float32)  # row-sum scratch, one per task
         d0 = depth[root[t]]
         good = True
         for k in range(first[t], root[t] + 1):
@@ -474,12 +454,13 @@ def _factor_all(
             uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
             good &= _node(
                 k, cb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
-                asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b],
+                asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b], z,
             )  # fmt: skip
         ok[task] = good
     for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
         good = True
         ua = uarenas[b]
+        z = np.empty(s_.max(), dtype=np.float32)
         for i in range(len(upper)):
             k = upper[i]
             kid_u = []
@@ -492,7 +473,7 @@ def _factor_all(
                 kid_u.append(ua[:0])
             good &= _node(
                 k, coef[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
-                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b],
+                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b], z,
             )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()

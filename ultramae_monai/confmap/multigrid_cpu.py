@@ -203,22 +203,28 @@ def _relax(c, s, e, se, ne, invd, cp, x, b, h, w, parity):
             x[i, j] -= cp[i, j] * x[i + 1, j]
 
 
+@njit(inline="always", **_NJIT)
+def _row(c, s, e, se, ne, x, i, j):
+    """``(A x)[i, j]`` for the padded symmetric 9-point stencil."""
+    return (
+        c[i, j] * x[i, j]
+        + s[i, j] * x[i + 1, j]
+        + s[i - 1, j] * x[i - 1, j]
+        + e[i, j] * x[i, j + 1]
+        + e[i, j - 1] * x[i, j - 1]
+        + se[i, j] * x[i + 1, j + 1]
+        + se[i - 1, j - 1] * x[i - 1, j - 1]
+        + ne[i, j] * x[i - 1, j + 1]
+        + ne[i + 1, j - 1] * x[i + 1, j - 1]
+    )
+
+
 @njit(**_NJIT)
 def _apply(c, s, e, se, ne, x, y, h, w):
     """``y = A x`` on the interior."""
     for i in range(1, h + 1):
         for j in range(1, w + 1):
-            y[i, j] = (
-                c[i, j] * x[i, j]
-                + s[i, j] * x[i + 1, j]
-                + s[i - 1, j] * x[i - 1, j]
-                + e[i, j] * x[i, j + 1]
-                + e[i, j - 1] * x[i, j - 1]
-                + se[i, j] * x[i + 1, j + 1]
-                + se[i - 1, j - 1] * x[i - 1, j - 1]
-                + ne[i, j] * x[i - 1, j + 1]
-                + ne[i + 1, j - 1] * x[i + 1, j - 1]
-            )
+            y[i, j] = _row(c, s, e, se, ne, x, i, j)
 
 
 @njit(**_NJIT)
@@ -232,17 +238,7 @@ def _restrict_residual(c, s, e, se, ne, pl, pr, x, b, bc, h, w, wc):
                 if j < 1 or j > w:
                     continue
                 pf = 1.0 if k == 1 else (pr[i, j] if k == 0 else pl[i, j])
-                r = b[i, j] - (
-                    c[i, j] * x[i, j]
-                    + s[i, j] * x[i + 1, j]
-                    + s[i - 1, j] * x[i - 1, j]
-                    + e[i, j] * x[i, j + 1]
-                    + e[i, j - 1] * x[i, j - 1]
-                    + se[i, j] * x[i + 1, j + 1]
-                    + se[i - 1, j - 1] * x[i - 1, j - 1]
-                    + ne[i, j] * x[i - 1, j + 1]
-                    + ne[i + 1, j - 1] * x[i + 1, j - 1]
-                )
+                r = b[i, j] - _row(c, s, e, se, ne, x, i, j)
                 acc += pf * r
             bc[i, jc] = acc
 

@@ -52,38 +52,26 @@ class Stencil2D:
 def assemble_2d(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None) -> Stencil2D:
     """Build the Dirichlet-reduced system from MONAI's 8-neighbour weights (offsets down, right, dr, dl).
 
-    Nodes outside ``fov`` get identity rows and value 0 (they have no edges).
+    Nodes outside ``fov`` get identity rows and value 0 (they have no edges). The same system as
+    :func:`stencil_9pt`, laid out as padded stencil arrays.
     """
-    if weights.offsets != ((1, 0), (0, 1), (1, 1), (1, -1)):
-        raise ValueError(f"assemble_2d needs the 8-neighbour offsets, got {weights.offsets}")
-    down, right, dr, dl = weights.weights
-    h, w = down.shape
-    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
-    free = ~fixed
-    val = seeds.value
+    coef, b = stencil_9pt(weights, seeds, fov)
+    h, w = weights.weights[0].shape
+    rows = coef.reshape(h, w, 9)
 
-    deg = np.zeros((h, w))
-    rhs = np.zeros((h, w))
-    pad = np.zeros((h + 2, w + 2))
-    c, s, e, se, ne = (pad.copy() for _ in range(5))
-    for wk, (di, dj), out in ((down, (1, 0), s), (right, (0, 1), e), (dr, (1, 1), se), (dl, (1, -1), None)):
-        a = (slice(0, h - di), slice(max(0, -dj), w - max(0, dj)))  # first node p
-        b = (slice(di, h), slice(max(0, dj), w - max(0, -dj)))  # partner p + offset
-        wa = wk[a]
-        deg[a] += wa
-        deg[b] += wa
-        both = free[a] & free[b]
-        rhs[a] += np.where(free[a] & fixed[b], wa * val[b], 0.0)
-        rhs[b] += np.where(free[b] & fixed[a], wa * val[a], 0.0)
-        coupling = np.where(both, -wa, 0.0)
-        if out is not None:
-            out[1 : h + 1 - di, 1 + max(0, -dj) : w + 1 - max(0, dj)] = coupling
-        else:  # down-left edge (i, j+1)-(i+1, j) is the above-right coupling of (i+1, j)
-            ne[2 : h + 1, 1:w] = coupling
-    c[1:-1, 1:-1] = np.where(free, deg, 1.0)
-    bb = pad.copy()
-    bb[1:-1, 1:-1] = np.where(free, rhs, 0.0)
-    return Stencil2D(c=c, s=s, e=e, se=se, ne=ne, b=bb)
+    def padded(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((h + 2, w + 2))
+        out[1:-1, 1:-1] = x
+        return out
+
+    # the node's own coupling below, right, below-right and above-right (the other four by symmetry)
+    return Stencil2D(
+        c=padded(rows[..., 4]), s=padded(rows[..., 7]), e=padded(rows[..., 5]), se=padded(rows[..., 8]),
+        ne=padded(rows[..., 2]), b=padded(b.reshape(h, w)),
+    )  # fmt: skip
+
+
+_SUM_ORDER = (7, 1, 5, 3, 8, 0, 6, 2)  # down, up, right, left, down-right, up-left, down-left, up-right
 
 
 @nb.njit(cache=True, parallel=True, boundscheck=False)
@@ -115,8 +103,8 @@ def _nine_point(down, right, dr, dl, fixed, value, coef, b):
                 b[p] = 0.0
                 continue
             deg, rhs = 0.0, 0.0
-            for d in range(9):
-                if d == 4 or wts[d] == 0.0:
+            for d in _SUM_ORDER:  # MONAI's (and assemble_csr's) order: per direction, own edge then partner's
+                if wts[d] == 0.0:
                     continue
                 qi, qj = i + d // 3 - 1, j + d % 3 - 1
                 deg += wts[d]
@@ -129,13 +117,13 @@ def _nine_point(down, right, dr, dl, fixed, value, coef, b):
 
 
 def stencil_9pt(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The same system as :func:`assemble_2d`, as ``(H * W, 9)`` stencil rows and ``(H * W,)`` right-hand side.
+    """The Dirichlet-reduced system as ``(H * W, 9)`` stencil rows and an ``(H * W,)`` right-hand side.
 
     Row ``p`` column ``d`` couples node ``p`` to its neighbour ``(d // 3 - 1, d % 3 - 1)`` away: the layout
     of :func:`ultramae_monai.confmap.multifrontal.stencil_from_2d`, built in one compiled pass.
     """
     if weights.offsets != ((1, 0), (0, 1), (1, 1), (1, -1)):
-        raise ValueError(f"stencil_9pt needs the 8-neighbour offsets, got {weights.offsets}")
+        raise ValueError(f"the 2D stencil needs the 8-neighbour offsets, got {weights.offsets}")
     down, right, dr, dl = (np.ascontiguousarray(x, dtype=np.float64) for x in weights.weights)
     fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
     h, w = down.shape

@@ -23,9 +23,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
 from ultramae_monai.data.reader_base import DicomCapableReader, channels_first, existing_file
-from ultramae_monai.data.sampling import frame_indices
+from ultramae_monai.data.sampling import frames_of_file
 from ultramae_monai.errors import (
-    InvalidInputError,
     NotUltrasoundError,
     UltraMAEError,
     UnreadableFileError,
@@ -268,14 +267,7 @@ def read_dicom(
     modality = _check_modality(ds, path, allow_any_modality)
     n = _num_frames(ds, path)
     is_cine = n > 1
-    try:
-        idx = (
-            frame_indices(n, start=start, stride=stride, clip_length=clip_length, max_frames=max_frames)
-            if is_cine
-            else np.zeros(1, np.int64)
-        )
-    except ValueError as e:
-        raise InvalidInputError(f"bad frame selection ({e})", path) from e
+    idx = frames_of_file(n, path, start, stride, clip_length, max_frames) if is_cine else np.zeros(1, np.int64)
     needed = np.unique(idx)
     decoded, photometric = _decode(ds, path, needed)
     pixels, is_rgb = _to_display(decoded, photometric, ds, path)

@@ -6,9 +6,13 @@ decodes (at most) up to the clip's last frame, never the whole file.
 
 from __future__ import annotations
 
+from os import PathLike
+
 import numpy as np
 
-__all__ = ["frame_indices"]
+from ultramae_monai.errors import InvalidInputError
+
+__all__ = ["frame_indices", "frames_of_file"]
 
 
 def frame_indices(
@@ -50,3 +54,18 @@ def frame_indices(
         pick = np.linspace(0, idx.size - 1, max_frames).round().astype(np.int64)
         return idx[pick]
     return idx
+
+
+def frames_of_file(
+    num_frames: int,
+    path: str | PathLike,
+    start: int = 0,
+    stride: int = 1,
+    clip_length: int | None = None,
+    max_frames: int | None = None,
+) -> np.ndarray:
+    """:func:`frame_indices` for a reader: a selection outside the file is an ``InvalidInputError`` naming it."""
+    try:
+        return frame_indices(num_frames, start=start, stride=stride, clip_length=clip_length, max_frames=max_frames)
+    except ValueError as e:
+        raise InvalidInputError(f"bad frame selection ({e})", path) from e

@@ -27,8 +27,8 @@ from monai.data import MetaTensor
 
 from ultramae_monai.data.convention import KIND_CINE, MetaKeys, make_metatensor
 from ultramae_monai.data.reader_base import FunctionImageReader
-from ultramae_monai.data.sampling import frame_indices
-from ultramae_monai.errors import InvalidInputError, UnreadableFileError
+from ultramae_monai.data.sampling import frames_of_file
+from ultramae_monai.errors import UnreadableFileError
 
 __all__ = ["VIDEO_SUFFIXES", "UltrasoundVideoReader", "probe_video", "read_video"]
 
@@ -240,10 +240,7 @@ def read_video(
         index = _scan_packets(path, container, stream)
         fps = _fps(stream, index, container)
         pix_fmt = stream.codec_context.pix_fmt
-    try:
-        idx = frame_indices(index.count, start=start, stride=stride, clip_length=clip_length, max_frames=max_frames)
-    except ValueError as e:
-        raise InvalidInputError(f"bad frame selection ({e})", path) from e
+    idx = frames_of_file(index.count, path, start, stride, clip_length, max_frames)
     needed = np.unique(idx)
     frames = None
     with _open(path) as (container, stream):
