@@ -6,9 +6,10 @@ tree in compiled code and needs blocked dense kernels for each front without goi
 panel updates) and ``sgemm``/``ssyrk`` (the Schur update). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
 ``scipy.linalg.cython_blas`` / ``cython_lapack``; each is bound to a named external symbol (all arguments
 are pointers, Fortran calling convention), so the compiled callers stay cacheable. Call them inside
-:func:`single_threaded_blas`: the tree walk is parallel itself, and OpenBLAS's own threads inside it
-made small fronts 10x slower here. (torch's MKL, also reachable, ran 1.4-1.9x faster on single hot
-fronts but no faster in the whole factorisation, which is bound by memory traffic, so it is not used.)
+:func:`single_threaded_blas`: the tree walk is parallel itself, and with two OpenBLAS threads single
+fronts of order 108 and more ran 2-11x slower here. (torch's MKL, also reachable, ran 1.4-1.9x faster on
+single hot fronts but no faster in the whole factorisation, which is bound by memory traffic, so it is
+not used.)
 """
 
 from __future__ import annotations
