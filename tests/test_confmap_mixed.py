@@ -13,7 +13,10 @@ from ultramae_monai.confmap.blas import partial_cholesky, single_threaded_blas
 from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import csr_to_stencil, solve_multifrontal_batch, stencil_from_2d
 from ultramae_monai.confmap.multifrontal_blas import (
+    MAP_RING,
     _excess_update,
+    _extend_add,
+    _extend_add_map,
     _partial_cholesky_gth,
     _partial_cholesky_small,
     _partial_cholesky_small_gth,
@@ -22,6 +25,7 @@ from ultramae_monai.confmap.multifrontal_blas import (
     release,
     solve_cpu,
 )
+from ultramae_monai.confmap.multifrontal_leaves import CHUNK, leaf_groups
 from ultramae_monai.confmap.refine import matvec_9pt, pcg_refine
 from ultramae_monai.confmap.seeds import make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
@@ -51,7 +55,7 @@ def test_front_elimination_blas_and_compiled_loop_agree_with_numpy(m: int, s: in
             ff, u = f.copy(), np.full(max(r * r, 1), np.nan, dtype=np.float32)
             assert kernel(ff, m, s, u)
             cols = ff.reshape(s, m).T  # column-major m x s
-            np.testing.assert_allclose(np.tril(cols[:s]), np.linalg.inv(l11), rtol=2e-4, atol=1e-5)
+            np.testing.assert_allclose(np.tril(cols[:s]), l11, rtol=2e-4, atol=1e-5)
             np.testing.assert_allclose(cols[s:], l21, rtol=2e-4, atol=1e-5)
             if r:
                 upd = u[: r * r].reshape(r, r).T
@@ -185,11 +189,11 @@ def test_row_sum_pivot_elimination_matches_cholesky_and_carries_the_excess(m: in
             ff, u, z = f.copy(), np.zeros(max(r * r, 1), dtype=np.float32), np.zeros(s, dtype=np.float32)
             assert kernel(ff, m, s, u, z)
             out = ff.reshape(s, m).T
-            np.testing.assert_allclose(np.tril(out[:s]), np.linalg.inv(l11), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(np.tril(out[:s]), l11, rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(out[s:], l21, rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-7)
             if r:
-                _excess_update(ff, m, s, u, z)
+                _excess_update(ff, m, s, u, z, np.empty(r, dtype=np.float32))
                 upd = u[: r * r].reshape(r, r).T
                 off = np.tril(np.ones((r, r), dtype=bool), -1)
                 np.testing.assert_allclose(upd[off], (-l21 @ l21.T)[off], rtol=1e-4, atol=1e-6)
@@ -207,3 +211,86 @@ def test_row_sum_pivots_make_one_float32_solve_accurate() -> None:
         errs[row_sums] = np.abs(solve_cpu(factor, b[None])[0] - ref).max() / np.abs(ref).max()
         release(factor)
     assert errs[True] <= 1e-5 and errs[True] < errs[False]
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_leaves_give_the_front_by_front_factor(signed: bool, threads: int) -> None:
+    """Leaves eliminated in interleaved batches (row-sum pivots for M-matrices, plain Cholesky for the
+    signed systems) store the same factor as the one-front-at-a-time path, and solve the same."""
+    shape = (61, 47)
+    mat, b = _random_system(shape, seed=5, signed=signed)
+    coef = csr_to_stencil(mat, shape)[None]
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        one = factorize_cpu(coef, shape, batch_leaves=False)
+        lone, xone = one.lbuf.copy(), solve_cpu(one, b[None])[0]
+        batched = factorize_cpu(coef, shape)
+        assert len(batched.plan.leaves) > 100
+        np.testing.assert_allclose(batched.lbuf, lone, rtol=1e-5, atol=1e-6 * np.abs(lone).max())
+        np.testing.assert_allclose(solve_cpu(batched, b[None])[0], xone, rtol=1e-5, atol=1e-6 * np.abs(xone).max())
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_batched_leaves_report_a_bad_pivot() -> None:
+    shape = (30, 30)
+    mat, b = _random_system(shape, seed=2, signed=True)
+    good = factorize_cpu(csr_to_stencil(mat, shape)[None], shape)
+    tr = good.plan.sym.tree
+    k = int(np.searchsorted(tr.elim_ptr, np.flatnonzero(tr.elim == 0)[0], side="right") - 1)
+    assert good.plan.leaf_u[k] >= 0  # grid node 0 is eliminated by a batched leaf
+    bad = mat.tolil()
+    bad[0, 0] = -1.0
+    coef = csr_to_stencil(bad.tocsr(), shape)[None]
+    assert factorize_cpu(coef, shape) is None
+
+
+def test_leaf_groups_cut_one_shape_per_chunk_and_cover_every_leaf() -> None:
+    rng = np.random.default_rng(0)
+    n = 700
+    s, m = rng.integers(2, 4, n), rng.integers(10, 12, n)
+    leaves = np.sort(rng.choice(n, 500, replace=False))
+    task = np.minimum(leaves // 300, 2)
+    lv, ptr, task_chunk, u_off = leaf_groups(leaves, task, s, m, 3)
+    assert sorted(lv) == sorted(leaves) and ptr[0] == 0 and ptr[-1] == len(lv)
+    t_of = dict(zip(leaves.tolist(), task.tolist(), strict=True))
+    for c in range(len(ptr) - 1):
+        chunk = lv[ptr[c] : ptr[c + 1]]
+        assert 0 < len(chunk) <= CHUNK
+        assert len({(s[k], m[k], t_of[k]) for k in chunk}) == 1
+    for t in range(3):  # each task's chunks are contiguous and hold exactly its leaves
+        mine = lv[ptr[task_chunk[t]] : ptr[task_chunk[t + 1]]]
+        assert sorted(mine) == sorted(leaves[task == t])
+    np.testing.assert_array_equal(np.diff(u_off), (m[lv] - s[lv]) ** 2)
+    lv0, ptr0, tc0, u0 = leaf_groups(leaves[:0], task[:0], s, m, 2)
+    assert len(lv0) == 0 and list(ptr0) == [0] and list(tc0) == [0, 0, 0] and list(u0) == [0]
+
+
+def test_small_ring_extend_add_matches_the_run_version() -> None:
+    plan = cpu_plan((40, 37), 1, batch_leaves=False)
+    rng = np.random.default_rng(1)
+    r = plan.m - plan.s
+    checked = 0
+    for c in np.flatnonzero((plan.kq_off >= 0) & (r > 0) & (r < MAP_RING))[:50]:
+        k = plan.sym.tree.parent[c]
+        mp, sp, rc = plan.m[k], plan.s[k], r[c]
+        uc = rng.random(rc * rc).astype(np.float32)
+        ra = plan.run_a[plan.run_ptr[c] : plan.run_ptr[c + 1]]
+        rq = plan.run_q[plan.run_ptr[c] : plan.run_ptr[c + 1]]
+        pos = plan.kid_q[plan.kq_off[c] : plan.kq_off[c] + rc]
+        outs = []
+        for variant in range(2):
+            lp, up = np.zeros(mp * sp, dtype=np.float32), np.zeros(max((mp - sp) ** 2, 1), dtype=np.float32)
+            for lo, hi in ((0, plan.split[c]), (plan.split[c], rc)):
+                if variant:
+                    _extend_add_map(uc, rc, pos, lo, hi, lp, mp, sp, up)
+                else:
+                    _extend_add(uc, rc, ra, rq, lo, hi, lp, mp, sp, up)
+            outs.append((lp, up))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        assert outs[0][0].any() or outs[0][1].any()
+        checked += 1
+    assert checked == 50

@@ -2,14 +2,14 @@
 
 The CPU multifrontal factorisation (:mod:`ultramae_monai.confmap.multifrontal_blas`) walks the elimination
 tree in compiled code and needs blocked dense kernels for each front without going back to Python:
-``spotrf``/``strtri`` (Cholesky of the pivot block and its inverse), ``sgemm`` (the off-diagonal block,
-panel updates) and ``sgemm``/``ssyrk`` (the Schur update). SciPy exposes Fortran BLAS/LAPACK as C function pointers in
-``scipy.linalg.cython_blas`` / ``cython_lapack``; each is bound to a named external symbol (all arguments
-are pointers, Fortran calling convention), so the compiled callers stay cacheable. Call them inside
-:func:`single_threaded_blas`: the tree walk is parallel itself, and with two OpenBLAS threads single
-fronts of order 108 and more ran 2-11x slower here. (torch's MKL, also reachable, ran 1.4-1.9x faster on
-single hot fronts but no faster in the whole factorisation, which is bound by memory traffic, so it is
-not used.)
+``sgemm`` (panel updates of the row-sum elimination, the Schur update), ``ssyrk`` (large Schur
+updates) and, for SPD systems that are not random-walk Laplacians, ``spotrf``/``strsm``. SciPy exposes
+Fortran BLAS/LAPACK as C function pointers in ``scipy.linalg.cython_blas`` / ``cython_lapack``; each is
+bound to a named external symbol (all arguments are pointers, Fortran calling convention), so the
+compiled callers stay cacheable. Call them inside :func:`single_threaded_blas`: the tree walk is
+parallel itself, and with two OpenBLAS threads single fronts of order 108 and more ran 2-11x slower
+here. (torch's MKL, also reachable, ran 1.4-1.9x faster on single hot fronts but no faster in the whole
+factorisation, which is bound by memory traffic, so it is not used.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from numba import types
 from numba.extending import get_cython_function_address
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["gemm_nt", "invert_lower", "partial_cholesky", "schur_lower", "single_threaded_blas"]
+__all__ = ["gemm_nt", "partial_cholesky", "schur_lower", "single_threaded_blas"]
 
 
 def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
@@ -36,8 +36,7 @@ def _fn(module: str, name: str, nargs: int) -> types.ExternalFunction:
 _spotrf = _fn("scipy.linalg.cython_lapack", "spotrf", 5)
 _sgemm = _fn("scipy.linalg.cython_blas", "sgemm", 13)
 _ssyrk = _fn("scipy.linalg.cython_blas", "ssyrk", 10)
-_strtri = _fn("scipy.linalg.cython_lapack", "strtri", 6)
-_strmm = _fn("scipy.linalg.cython_blas", "strmm", 11)
+_strsm = _fn("scipy.linalg.cython_blas", "strsm", 11)
 
 GEMM_BLOCK = 64  # below SYRK_MIN, the lower-triangular Schur update is GEMMs on block columns this wide
 SYRK_MIN = 384  # from this update size on, one SYRK is faster (measured: 0.8x for GEMM blocks at r = 494-605)
@@ -74,17 +73,6 @@ def gemm_nt(
 
 
 @nb.njit(cache=True, nogil=True)
-def invert_lower(f: np.ndarray, m: int, s: int) -> bool:
-    """``L11 <- L11^-1`` in place (``strtri``) for the ``s x s`` lower triangle at the top of ``f`` (ld ``m``)."""
-    ch = np.empty(2, np.uint8)
-    ch[0], ch[1] = _L, _N
-    iv = np.empty(3, np.int32)
-    iv[0], iv[1], iv[2] = s, m, 0
-    _strtri(ch[0:].ctypes, ch[1:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[2:].ctypes)
-    return iv[2] == 0
-
-
-@nb.njit(cache=True, nogil=True)
 def schur_lower(f: np.ndarray, m: int, s: int, u: np.ndarray) -> None:
     """``u <- -L21 L21^T`` (lower triangle, ld ``r = m - s``) from ``L21 = f[s:m, :s]`` (ld ``m``).
 
@@ -116,43 +104,27 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
     """Eliminate the first ``s`` of ``m`` unknowns of a float32 front (column-major, lower triangles).
 
     ``f[: m * s]`` holds the front's first ``s`` columns (leading dimension ``m``). Afterwards ``f`` holds
-    ``[L11^-1; L21]`` and ``u[: r * r]`` (``r = m - s``, leading dimension ``r``) is overwritten with
-    ``-L21 L21^T`` (lower triangle), the update the caller adds to the trailing block. Returns False when
-    the pivot block is not positive definite.
-
-    ``L21 = F21 L11^-T`` is a GEMM with the explicit inverse rather than a triangular solve: the factor
-    keeps ``L11^-1`` for the solve anyway, and copy + GEMM ran 1.3-2.9x faster than OpenBLAS's ``strsm``
-    at these shapes (measured side by side, single thread). For the diagonally dominant M-matrices of random walks this is as
-    accurate: ``L11^-1`` is entrywise non-negative and every product sums terms of one sign.
+    ``[L11; L21]`` (``spotrf``, then ``L21 = F21 L11^-T`` by ``strsm``) and ``u[: r * r]`` (``r = m - s``,
+    leading dimension ``r``) is overwritten with ``-L21 L21^T`` (lower triangle), the update the caller
+    adds to the trailing block. Returns False when the pivot block is not positive definite. This is the
+    path for SPD systems that are not random-walk Laplacians; those use row-sum pivots instead.
     """
-    ch = np.empty(5, np.uint8)
-    ch[0], ch[1], ch[2], ch[3], ch[4] = _L, _N, _R, _T, _N
-    iv = np.empty(8, np.int32)
+    ch = np.empty(4, np.uint8)
+    ch[0], ch[1], ch[2], ch[3] = _R, _L, _T, _N
+    iv = np.empty(4, np.int32)
     r = m - s
     iv[0], iv[1], iv[2], iv[3] = s, m, r, 0
-    sc = np.empty(3, np.float32)
-    sc[0], sc[1], sc[2] = 1.0, -1.0, 0.0
-    _spotrf(ch[0:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
+    sc = np.empty(1, np.float32)
+    sc[0] = 1.0
+    _spotrf(ch[1:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
     if iv[3] != 0:
         return False
-    _strtri(ch[0:].ctypes, ch[4:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
-    if iv[3] != 0 or r == 0:
-        return iv[3] == 0
-    for j in range(1, s):  # GEMM below reads the whole s x s block: clear its strict upper triangle
-        f[j * m : j * m + j] = 0.0
+    if r == 0:
+        return True
     f21 = f[s:]
-    if r >= s:  # u is free until the update: copy F21 there, L21 = copy @ L11^-T
-        w = u[: r * s].reshape((s, r))
-        for j in range(s):
-            w[j, :] = f21[j * m : j * m + r]
-        _sgemm(
-            ch[1:].ctypes, ch[3:].ctypes, iv[2:].ctypes, iv[0:].ctypes, iv[0:].ctypes, sc[0:].ctypes, u.ctypes,
-            iv[2:].ctypes, f.ctypes, iv[1:].ctypes, sc[2:].ctypes, f21.ctypes, iv[1:].ctypes,
-        )  # fmt: skip
-    else:  # F21 <- F21 L11^-T in place (triangular multiply)
-        _strmm(
-            ch[2:].ctypes, ch[0:].ctypes, ch[3:].ctypes, ch[1:].ctypes, iv[2:].ctypes, iv[0:].ctypes,
-            sc[0:].ctypes, f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
-        )  # fmt: skip
+    _strsm(
+        ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, iv[2:].ctypes, iv[0:].ctypes, sc[0:].ctypes,
+        f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
+    )  # fmt: skip
     schur_lower(f, m, s, u)
     return True

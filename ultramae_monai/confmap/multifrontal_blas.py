@@ -3,22 +3,24 @@
 Same elimination tree and fronts as :mod:`ultramae_monai.confmap.multifrontal` (nested dissection of the
 grid, fixed per shape), but organised for a CPU rather than for batched tensor kernels:
 
-* the tree is cut into independent subtrees, one numba thread each, walked depth-first. A front's
-  pivot columns are built in place in the factor; its update block waits in a per-depth slot of the
-  thread's arena until the parent takes it in (Duff & Reid, ACM TOMS 9(3), 1983): no update stack, no
-  copies, no padding, no zero-filling of update blocks. Rings are ordered as in the parent's front
-  (:mod:`.multifrontal_symbolic`), so extend-add runs down each column in contiguous runs;
-* each front is eliminated by ``spotrf``/``strtri``/``sgemm`` (:mod:`.blas`, single-threaded), or, for
-  the tiny fronts low in the tree where a library call costs more than the arithmetic, by a short
-  vectorised loop (inner loops index slices from 0, so numba drops its wraparound checks);
+* the tree is cut into independent subtrees, one numba thread each. A subtree's leaves are eliminated
+  first, many at a time in an interleaved layout (:mod:`.multifrontal_leaves`); the rest is walked
+  depth-first. A front's pivot columns are built in place in the factor; its update block waits in a
+  per-depth slot of the thread's arena until the parent takes it in (Duff & Reid, ACM TOMS 9(3), 1983):
+  no update stack, no copies, no padding, no zero-filling of update blocks. Rings are ordered as in the
+  parent's front (:mod:`.multifrontal_symbolic`), so extend-add runs down each column in contiguous runs
+  (small rings: entry by entry);
+* each front is eliminated by BLAS (:mod:`.blas`, single-threaded), or, for the tiny fronts low in the
+  tree where a library call costs more than the arithmetic, by a short vectorised loop (inner loops
+  index slices from 0, so numba drops its wraparound checks);
 * float32 halves memory traffic and doubles the SIMD width. It is not accurate enough on its own (the
   weights span 1e-5..1), so :mod:`ultramae_monai.confmap.refine` uses the factor as a preconditioner for
   conjugate gradients in float64, which reaches float64 accuracy in two or three steps.
 
 Fronts are column-major (``s`` eliminated nodes, ``r`` ring nodes, ``m = s + r``): the first ``s`` columns
-(leading dimension ``m``) become the factor's ``[L11^-1; L21]`` (the inverse turns the solve's
-triangular substitutions into independent dot products), the trailing ``r x r`` block (leading
-dimension ``r``) the update; only lower triangles are read.
+(leading dimension ``m``) become the factor's ``[L11; L21]``, the trailing ``r x r`` block (leading
+dimension ``r``) the update; only lower triangles are read. The solve substitutes column by column, so
+below each pivot the pivot block and ring rows form one contiguous vector operation.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from functools import lru_cache
 import numba as nb
 import numpy as np
 
-from ultramae_monai.confmap.blas import gemm_nt, invert_lower, partial_cholesky, schur_lower, single_threaded_blas
+from ultramae_monai.confmap.blas import gemm_nt, partial_cholesky, schur_lower, single_threaded_blas
+from ultramae_monai.confmap.multifrontal_leaves import CHUNK, eliminate_leaves, leaf_groups, matrix_entry
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
@@ -37,6 +40,7 @@ __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
 SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop, not BLAS
 GTH_PANEL = 64  # pivot columns per panel of the blocked row-sum elimination
 LEAF_AREA = 12  # leaf boxes of the nested dissection (see multifrontal_symbolic)
+MAP_RING = 40  # children with smaller rings are added entry by entry, larger ones in contiguous runs
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +77,16 @@ class CpuPlan:
     run_a: np.ndarray
     run_q: np.ndarray
     split: np.ndarray
+    leaves: np.ndarray
+    chunk_ptr: np.ndarray
+    task_chunk: np.ndarray
+    leaf_u: np.ndarray
+    leaf_u_len: int
+    leaf_dims: tuple[int, int, int]
+    asm_code: np.ndarray
+    asm_dst: np.ndarray
+    kid_q: np.ndarray
+    kq_off: np.ndarray
 
     @property
     def nsub(self) -> int:
@@ -80,8 +94,11 @@ class CpuPlan:
 
 
 @lru_cache(maxsize=16)
-def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA) -> CpuPlan:
-    """The schedule for an ``H x W`` grid split into at least ``parts`` subtrees (cached)."""
+def cpu_plan(
+    shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA, batch_leaves: bool = True
+) -> CpuPlan:
+    """The schedule for an ``H x W`` grid split into at least ``parts`` subtrees (cached); with
+    ``batch_leaves`` the subtrees' leaves are eliminated in interleaved batches, otherwise one by one."""
     sym = symbolic((int(shape[0]), int(shape[1])), leaf_area)
     tr = sym.tree
     nn = len(tr.parent)
@@ -126,9 +143,24 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA)
     upper_nodes = np.concatenate([tr.elim[tr.elim_ptr[k] : tr.elim_ptr[k + 1]] for k in upper]) if len(upper) else []
     upper_pos[np.asarray(upper_nodes, dtype=np.int64)] = np.arange(len(upper_nodes))
     run_ptr, run_a, run_q, split = _runs(tr.kid_q, kq_off, r, s, tr.parent)
+    # leaves inside subtrees are eliminated in batches before each subtree's walk (multifrontal_leaves)
+    node_task = np.full(nn, -1, dtype=np.int64)
+    for t in range(len(root)):
+        node_task[first[t] : root[t] + 1] = t
+    leaf = np.flatnonzero((np.diff(kids_ptr) == 0) & (node_task >= 0) & batch_leaves)
+    leaves, chunk_ptr, task_chunk, u_off = leaf_groups(leaf, node_task[leaf], s, m, len(root))
+    leaf_u = np.full(nn, -1, dtype=np.int64)
+    leaf_u[leaves] = u_off[:-1]
+    dims = (int((m * s)[leaves].max()), int((r**2)[leaves].max()), int(s[leaves].max())) if len(leaves) else (1, 1, 1)
+    # matrix entries as 32-bit (code, destination) pairs: a third of the index traffic of (src, p, q)
+    node_of = np.repeat(np.arange(nn), np.diff(tr.asm_ptr))
+    asm_dst = (tr.asm_p + tr.asm_q * m[node_of]).astype(np.int32)
+    diag = tr.asm_src % 9 == 4
+    asm_code = np.where(diag, -(tr.asm_src // 9) - 1, tr.asm_src).astype(np.int32)
     return CpuPlan(
         sym, s, m, depth, sib, kids_ptr, kids, l_ptr, first, root, task_of, upper, upper_off, slot, slot_len,
-        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split,
+        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split, leaves, chunk_ptr, task_chunk,
+        leaf_u, int(u_off[-1]), dims, asm_code, asm_dst, tr.kid_q, kq_off,
     )  # fmt: skip
 
 
@@ -217,15 +249,11 @@ class CpuFactor:
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q, ex, gth):
-    """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns).
-
-    With row-sum pivots (``gth``) the diagonal entries are the rows' excesses ``ex`` instead.
-    """
+def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_code, asm_dst, ex, gth):
+    """Zero node ``k``'s pivot columns and put in its matrix entries (they all lie in those columns)."""
     lf[: m * s] = 0.0
     for e in range(asm_ptr[k], asm_ptr[k + 1]):
-        src = asm_src[e]
-        lf[asm_p[e] + asm_q[e] * m] = ex[src // 9] if gth and src % 9 == 4 else coef[src]
+        lf[asm_dst[e]] = matrix_entry(asm_code[e], coef, ex, gth)
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
@@ -253,23 +281,48 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _inverse_and_update(f, m, s, u):
-    """After the pivot columns of a small front: ``L11 <- L11^-1`` and ``u = -L21 L21^T`` (full ``r x r``)."""
-    _invert_lower(f, m, s, u)
+def _extend_add_map(uc, rc, pos, b_lo, b_hi, lp, mp, sp, up):
+    """:func:`_extend_add` for small updates, entry by entry through the ring's parent positions ``pos``
+    (runs of a few entries cost more to set up than to add)."""
+    rp = mp - sp
+    for b in range(b_lo, b_hi):
+        qb = pos[b]
+        base = b * rc
+        if qb < sp:
+            col = qb * mp
+            for a in range(b, rc):
+                lp[col + pos[a]] += uc[base + a]
+        else:
+            col = (qb - sp) * rp - sp
+            for a in range(b, rc):
+                up[col + pos[a]] += uc[base + a]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _update_small(f, m, s, u):
+    """``u = -L21 L21^T`` (lower triangle, ld ``r``) from the pivot columns of a small front, column by column
+    (the first term assigns, so ``u`` is never zeroed)."""
     r = m - s
-    u[: r * r] = 0.0
     for c in range(r):
-        uc = u[c * r : (c + 1) * r]
-        for t in range(s):
-            coef = f[s + c + t * m]
-            ct = f[t * m + s : (t + 1) * m]
-            for i in range(r):
+        n = r - c
+        uc = u[c * r + c : (c + 1) * r]
+        if s == 0:
+            uc[:] = 0.0
+            continue
+        ct = f[s + c : m]
+        coef = ct[0]
+        for i in range(n):
+            uc[i] = -ct[i] * coef
+        for t in range(1, s):
+            ct = f[t * m + s + c : (t + 1) * m]
+            coef = ct[0]
+            for i in range(n):
                 uc[i] -= ct[i] * coef
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _partial_cholesky_small(f, m, s, u):
-    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, ``L11^-1``, ``u = -L21 L21^T``.
+    """:func:`partial_cholesky` for small fronts: left-looking pivot columns, then ``u = -L21 L21^T``.
 
     Inner loops run over slices from index 0 so that numba drops its negative-index checks and vectorises.
     """
@@ -288,7 +341,7 @@ def _partial_cholesky_small(f, m, s, u):
         for i in range(m - j):
             cj[i] *= inv
         cj[0] = d
-    _inverse_and_update(f, m, s, u)
+    _update_small(f, m, s, u)
     return True
 
 
@@ -301,11 +354,11 @@ def _partial_cholesky_small_gth(f, m, s, u, z):
     nodes), which elimination only increases by ``|L_jt| z_t`` (``z = L^-1 excess >= 0``). Computed that
     way no subtraction cancels, so float32 pivots stay accurate where ``d - sum`` would lose every digit
     (weights spanning 1e-5..1). On entry the pivot diagonals hold the excesses; ``z`` receives
-    ``L11^-1 excess``.
+    ``L11^-1 excess`` (computed along, column by column).
     """
     if not _gth_panel(f, m, 0, s, z):
         return False
-    _inverse_and_update(f, m, s, u)
+    _update_small(f, m, s, u)
     return True
 
 
@@ -339,7 +392,8 @@ def _gth_panel(f, m, j0, j1, z):
 def _partial_cholesky_gth(f, m, s, u, z):
     """The row-sum elimination for large fronts: left-looking panels of ``GTH_PANEL`` columns, each first
     updated by one GEMM with all earlier columns (its pivots' excesses restored and corrected by
-    ``|L| z``), then eliminated by :func:`_gth_panel`; then ``L11^-1`` and the Schur update by BLAS."""
+    ``|L| z``), then eliminated by :func:`_gth_panel` (``L11`` and ``L21`` together); then the Schur
+    update by BLAS."""
     for j0 in range(0, s, GTH_PANEL):
         j1 = min(j0 + GTH_PANEL, s)
         if j0 > 0:
@@ -355,47 +409,30 @@ def _partial_cholesky_gth(f, m, s, u, z):
                 f[j + j * m] = acc
         if not _gth_panel(f, m, j0, j1, z):
             return False
-    if not invert_lower(f, m, s):
-        return False
     if m > s:
         schur_lower(f, m, s, u)
     return True
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _excess_update(f, m, s, u, z):
+def _excess_update(f, m, s, u, z, w):
     """Write the ring rows' excess increments ``-L21 z`` on the update block's diagonal (whose Schur
-    values the parent never uses: it recomputes its pivots from row sums)."""
+    values the parent never uses: it recomputes its pivots from row sums); ``w``: scratch of ``>= r``."""
     r = m - s
+    acc = w[:r]
+    acc[:] = 0.0
+    for t in range(s):  # column sweeps: contiguous, vectorised
+        zt = z[t]
+        col = f[t * m + s : (t + 1) * m]
+        for a in range(r):
+            acc[a] -= col[a] * zt
     for a in range(r):
-        acc = np.float32(0.0)
-        for t in range(s):
-            acc -= f[s + a + t * m] * z[t]
-        u[a + a * r] = acc
-
-
-@nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _invert_lower(f, m, s, scratch):
-    """Replace the ``s x s`` lower triangle ``L11`` at the top of ``f`` (leading dimension ``m``) by its inverse."""
-    x = scratch[: s * s] if scratch.shape[0] >= s * s else np.empty(s * s, dtype=f.dtype)
-    x[:] = 0.0
-    for j in range(s):  # column j of the inverse: forward substitution of e_j
-        xj = x[j * s : (j + 1) * s]
-        xj[j] = 1.0
-        for k in range(j, s):
-            xk = xj[k] / f[k * m + k]
-            xj[k] = xk
-            col = f[k * m + k + 1 : k * m + s]
-            tail = xj[k + 1 : s]
-            for i in range(s - k - 1):
-                tail[i] -= col[i] * xk
-    for j in range(s):
-        f[j * m + j : j * m + s] = x[j * s + j : (j + 1) * s]
+        u[a + a * r] = acc[a]
 
 
 @nb.njit(cache=True, nogil=True)
 def _eliminate(f, m, s, u, small, gth, z):
-    """One front, by the compiled loop or BLAS, with row-sum pivots if ``gth`` (``z``: scratch of >= s)."""
+    """One front, by the compiled loop or BLAS, with row-sum pivots if ``gth`` (``z``: scratch of >= 2 m)."""
     if not gth:
         if m < small:
             return _partial_cholesky_small(f, m, s, u)
@@ -405,14 +442,14 @@ def _eliminate(f, m, s, u, small, gth, z):
     else:
         ok = _partial_cholesky_gth(f, m, s, u, z)
     if ok:
-        _excess_update(f, m, s, u, z)
+        _excess_update(f, m, s, u, z, z[s:])
     return ok
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _node(
-    k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q,
-    small, ex, gth, z,
+    k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_code, asm_dst,
+    small, ex, gth, z, ubuf, leaf_u, kid_q, kq_off,
 ):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
@@ -420,47 +457,66 @@ def _node(
     elimination has overwritten ``u`` with ``-L21 L21^T``, so update blocks are never zeroed.
     """
     m, s = m_[k], s_[k]
-    _init_pivots(k, lf, m, s, coef, asm_ptr, asm_src, asm_p, asm_q, ex, gth)
+    _init_pivots(k, lf, m, s, coef, asm_ptr, asm_code, asm_dst, ex, gth)
     for phase in range(2):
         if phase == 1 and not _eliminate(lf, m, s, u, small, gth, z):
             return False
         for i in range(kids_ptr[k], kids_ptr[k + 1]):
             c = kids[i]
             uc = uc0 if i == kids_ptr[k] else uc1
+            if leaf_u[c] >= 0:  # a leaf eliminated in a batch
+                uc = ubuf[leaf_u[c] :]
             rc = m_[c] - s_[c]
             ra, rq = run_a[run_ptr[c] : run_ptr[c + 1]], run_q[run_ptr[c] : run_ptr[c + 1]]
             lo, hi = (0, split[c]) if phase == 0 else (split[c], rc)
-            _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u)
+            if rc < MAP_RING:
+                _extend_add_map(uc, rc, kid_q[kq_off[c] : kq_off[c] + rc], lo, hi, lf, m, s, u)
+            else:
+                _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u)
     return True
 
 
 @nb.njit(cache=True, parallel=True)
 def _factor_all(
     coef, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
-    run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_p, asm_q, upper, upper_off, task_of, small, ex, gth,
+    run_a, run_q, split, l_ptr, asm_ptr, asm_code, asm_dst, upper, upper_off, task_of, small, ex, gth,
+    ubufs, leaves, chunk_ptr, task_chunk, leaf_u, leaf_dims, kid_q, kq_off,
 ):
     batch = coef.shape[0]
     nsub = len(root)
     ok = np.ones(batch * nsub + batch, dtype=np.bool_)
     for task in nb.prange(batch * nsub):
         b, t = task // nsub, task % nsub
-        arena, lb, cb = arenas[task], lbuf[b], coef[b]
-        z = np.empty(s_.max(), dtype=np.float32)  # row-sum scratch, one per task
-        d0 = depth[root[t]]
+        arena, lb, cb, ubuf = arenas[task], lbuf[b], coef[b], ubufs[b]
+        z = np.empty(2 * m_.max(), dtype=np.float32)  # row-sum scratch, one per task
         good = True
+        fw = np.empty((leaf_dims[0], CHUNK), dtype=np.float32)
+        uw = np.empty((leaf_dims[1], CHUNK), dtype=np.float32)
+        zw = np.empty((leaf_dims[2], CHUNK), dtype=np.float32)
+        vw = np.empty((3, CHUNK), dtype=np.float32)
+        for ch in range(task_chunk[t], task_chunk[t + 1]):
+            lo, hi = chunk_ptr[ch], chunk_ptr[ch + 1]
+            k = leaves[lo]
+            good &= eliminate_leaves(
+                lo, hi, leaves, s_[k], m_[k], cb, ex[b], gth[b], asm_ptr, asm_code, asm_dst, lb, l_ptr, ubuf,
+                leaf_u, fw, uw, zw, vw,
+            )  # fmt: skip
+        d0 = depth[root[t]]
         for k in range(first[t], root[t] + 1):
+            if leaf_u[k] >= 0:
+                continue
             d = depth[k] - d0
             u = arena[slot[d] + (0 if k == root[t] else sib[k]) * slot_len[d] :]
             uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
             good &= _node(
                 k, cb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
-                asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b], z,
+                asm_ptr, asm_code, asm_dst, small, ex[b], gth[b], z, ubuf, leaf_u, kid_q, kq_off,
             )  # fmt: skip
         ok[task] = good
     for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
         good = True
         ua = uarenas[b]
-        z = np.empty(s_.max(), dtype=np.float32)
+        z = np.empty(2 * m_.max(), dtype=np.float32)
         for i in range(len(upper)):
             k = upper[i]
             kid_u = []
@@ -473,7 +529,8 @@ def _factor_all(
                 kid_u.append(ua[:0])
             good &= _node(
                 k, coef[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
-                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_p, asm_q, small, ex[b], gth[b], z,
+                run_ptr, run_a, run_q, split, asm_ptr, asm_code, asm_dst, small, ex[b], gth[b], z, ubufs[b],
+                leaf_u, kid_q, kq_off,
             )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()
@@ -524,14 +581,16 @@ def factorize_cpu(
     small: int = SMALL_FRONT,
     leaf_area: int = LEAF_AREA,
     row_sums: bool = True,
+    batch_leaves: bool = True,
 ) -> CpuFactor | None:
     """float32 factor of a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
     Returns None when a pivot is not positive in float32 (the caller then factorises in float64).
+    ``row_sums`` and ``batch_leaves`` switch off the row-sum pivots and the batched leaves (for checks).
     """
     batch = coef.shape[0]
     threads = nb.get_num_threads()
-    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area)
+    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area, batch_leaves)
     tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
     ex = np.empty((batch, flat.shape[1] // 9))
@@ -539,14 +598,17 @@ def factorize_cpu(
     arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
     uarenas = _workspace(("uarenas",), (batch, max(int(plan.upper_off[-1]), 1)))
     lbuf = _workspace(("lbuf",), (batch, int(plan.l_ptr[-1])))
+    ubufs = _workspace(("ubufs",), (batch, max(plan.leaf_u_len, 1)))
     with single_threaded_blas():
         ok = _factor_all(
             flat, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.slot_len, plan.depth, plan.sib,
             plan.s, plan.m, plan.kids_ptr, plan.kids, plan.run_ptr, plan.run_a, plan.run_q, plan.split,
-            plan.l_ptr, tr.asm_ptr, tr.asm_src, tr.asm_p, tr.asm_q, plan.upper, plan.upper_off, plan.task_of,
-            small, ex, gth,
+            plan.l_ptr, tr.asm_ptr, plan.asm_code, plan.asm_dst, plan.upper, plan.upper_off, plan.task_of,
+            small, ex, gth, ubufs, plan.leaves, plan.chunk_ptr, plan.task_chunk, plan.leaf_u, plan.leaf_dims, plan.kid_q,
+            plan.kq_off,
         )  # fmt: skip
     _WORKSPACE[("arenas",)] = arenas
+    _WORKSPACE[("ubufs",)] = ubufs
     _WORKSPACE[("uarenas",)] = uarenas
     return CpuFactor(plan, lbuf) if ok else None
 
@@ -558,59 +620,50 @@ def factorize_cpu(
 def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work, upper_pos, delta):
     """``x_e <- L11^-1 x_e``, ``x_ring -= L21 x_e``; ring updates of upper nodes go to ``delta``.
 
-    The factor stores ``L11^-1``, so both steps are column sweeps over contiguous slices (vectorised).
+    Column-oriented substitution: pivot and ring values sit together in ``work``, so each column of
+    ``[L11; L21]`` below its diagonal is one contiguous, vectorised update.
     """
     s, m = s_[k], m_[k]
     off = l_ptr[k]
     e0, r0 = elim_ptr[k], ring_ptr[k]
-    xe = work[m : m + s]
     for i in range(s):
-        xe[i] = x[elim[e0 + i]]
-    work[:m] = 0.0
-    wr = work[s:m]
+        work[i] = x[elim[e0 + i]]
+    work[s:m] = 0.0
     for j in range(s):
-        xj = xe[j]
-        col = lb[off + j * m + j : off + j * m + s]
-        w = work[j:s]
-        for i in range(s - j):
-            w[i] += col[i] * xj
-        yj = work[j]  # final: every column up to j has been added
-        col = lb[off + j * m + s : off + (j + 1) * m]
-        for i in range(m - s):
-            wr[i] -= col[i] * yj
+        xj = work[j] / lb[off + j * m + j]
+        work[j] = xj
+        col = lb[off + j * m + j + 1 : off + (j + 1) * m]
+        w = work[j + 1 : m]
+        for i in range(m - j - 1):
+            w[i] -= col[i] * xj
     for i in range(s):
         x[elim[e0 + i]] = work[i]
     for a in range(m - s):
         g = ring[r0 + a]
         u = upper_pos[g]
         if u >= 0 and delta.shape[0] > 0:
-            delta[u] += wr[a]
+            delta[u] += work[s + a]
         else:
-            x[g] += wr[a]
+            x[g] += work[s + a]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _backward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work):
-    """``x_e <- L11^-T (x_e - L21^T x_ring)``: two rounds of independent dot products."""
+    """``x_e <- L11^-T (x_e - L21^T x_ring)``: one contiguous dot product per pivot, last pivot first."""
     s, m = s_[k], m_[k]
     off = l_ptr[k]
     e0, r0 = elim_ptr[k], ring_ptr[k]
-    xr = work[s:m]
     for a in range(m - s):
-        xr[a] = x[ring[r0 + a]]
-    for j in range(s):
-        col = lb[off + j * m + s : off + (j + 1) * m]
+        work[s + a] = x[ring[r0 + a]]
+    for j in range(s - 1, -1, -1):
+        col = lb[off + j * m + j + 1 : off + (j + 1) * m]
+        y = work[j + 1 : m]
         acc = np.float32(0.0)
-        for i in range(m - s):
-            acc += col[i] * xr[i]
-        work[j] = x[elim[e0 + j]] - acc
-    for j in range(s):
-        col = lb[off + j * m + j : off + j * m + s]
-        y = work[j:s]
-        acc = np.float32(0.0)
-        for i in range(s - j):
+        for i in range(m - j - 1):
             acc += col[i] * y[i]
-        x[elim[e0 + j]] = acc
+        work[j] = (x[elim[e0 + j]] - acc) / lb[off + j * m + j]
+    for j in range(s):
+        x[elim[e0 + j]] = work[j]
 
 
 @nb.njit(cache=True, parallel=True)
