@@ -134,16 +134,28 @@ def bench(cores: int) -> list[str]:
     return rows
 
 
-def _write(body: list[str]) -> None:
+def write_section(heading: str, body: list[str]) -> None:
+    """Put ``body`` under ``heading`` in the confmap section of docs/benchmarks.md (replacing the old one)."""
     doc = REPO / "docs" / "benchmarks.md"
     text = doc.read_text()
     end = "<!-- /section: confmap -->"
     j = text.index(end)
-    i = text.find(HEADING, text.index("<!-- section: confmap -->"), j)
+    i = text.find(heading, text.index("<!-- section: confmap -->"), j)
     i = j if i < 0 else i
-    nxt = text.find("\n### ", i + len(HEADING), j)  # keep the subsections that follow this one
+    nxt = text.find("\n### ", i + len(heading), j)  # keep the subsections that follow this one
     k = j if nxt < 0 else nxt + 1
-    doc.write_text(text[:i].rstrip("\n") + "\n\n" + HEADING + "\n\n" + "\n".join(body) + "\n\n" + text[k:])
+    doc.write_text(text[:i].rstrip("\n") + "\n\n" + heading + "\n\n" + "\n".join(body) + "\n\n" + text[k:])
+
+
+def machine() -> str:
+    """The machine, versions and current load, for a table's header."""
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.*)", cpu)
+    return (
+        f"Machine: {model.group(1) if model else platform.processor()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; numba {numba.__version__}. The CPU was shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} at the start), so absolute times are inflated"
+    )
 
 
 def main() -> None:
@@ -151,20 +163,14 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.*)", cpu)
-    load = os.getloadavg()[0]
     head = (
-        f"Machine: {model.group(1) if model else platform.processor()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}; numba {numba.__version__}. The CPU "
-        f"was shared with other jobs (load average {load:.1f} at the start), so absolute times are inflated; "
-        "the solvers ran interleaved on the same images, read the ratios. Times are the whole map "
-        "(normalisation, weights, seeds, system, factorisation, solve), medians."
+        f"{machine()}; the solvers ran interleaved on the same images, read the ratios. Times are the whole "
+        "map (normalisation, weights, seeds, system, factorisation, solve), medians."
     )
     print(head)
     body = [head, "", *bench(cores)]
     if args.write:
-        _write(body)
+        write_section(HEADING, body)
 
 
 if __name__ == "__main__":
