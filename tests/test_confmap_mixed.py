@@ -263,7 +263,8 @@ def test_leaf_groups_cut_one_shape_per_chunk_and_cover_every_leaf() -> None:
     for t in range(3):  # each task's chunks are contiguous and hold exactly its leaves
         mine = lv[ptr[task_chunk[t]] : ptr[task_chunk[t + 1]]]
         assert sorted(mine) == sorted(leaves[task == t])
-    np.testing.assert_array_equal(np.diff(u_off), (m[lv] - s[lv]) ** 2)
+    r = m[lv] - s[lv]
+    np.testing.assert_array_equal(np.diff(u_off), r * (r + 1) // 2)  # packed lower triangles
     lv0, ptr0, tc0, u0 = leaf_groups(leaves[:0], task[:0], s, m, 2)
     assert len(lv0) == 0 and list(ptr0) == [0] and list(tc0) == [0, 0, 0] and list(u0) == [0]
 
@@ -280,17 +281,21 @@ def test_small_ring_extend_add_matches_the_run_version() -> None:
         ra = plan.run_a[plan.run_ptr[c] : plan.run_ptr[c + 1]]
         rq = plan.run_q[plan.run_ptr[c] : plan.run_ptr[c + 1]]
         pos = plan.kid_q[plan.kq_off[c] : plan.kq_off[c] + rc]
+        lower = np.tril(uc.reshape(rc, rc).T)
+        packed = lower.T[np.triu(np.ones((rc, rc), dtype=bool))]  # column by column from the diagonal
         outs = []
-        for variant in range(2):
+        for variant in range(4):  # runs / entry by entry, full / packed update
             lp, up = np.zeros(mp * sp, dtype=np.float32), np.zeros(max((mp - sp) ** 2, 1), dtype=np.float32)
+            src, pk = (packed, True) if variant >= 2 else (uc, False)
             for lo, hi in ((0, plan.split[c]), (plan.split[c], rc)):
-                if variant:
-                    _extend_add_map(uc, rc, pos, lo, hi, lp, mp, sp, up)
+                if variant % 2:
+                    _extend_add_map(src, rc, pos, lo, hi, lp, mp, sp, up, pk)
                 else:
-                    _extend_add(uc, rc, ra, rq, lo, hi, lp, mp, sp, up)
+                    _extend_add(src, rc, ra, rq, lo, hi, lp, mp, sp, up, pk)
             outs.append((lp, up))
-        np.testing.assert_array_equal(outs[0][0], outs[1][0])
-        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        for lp, up in outs[1:]:
+            np.testing.assert_array_equal(lp, outs[0][0])
+            np.testing.assert_array_equal(up, outs[0][1])
         assert outs[0][0].any() or outs[0][1].any()
         checked += 1
     assert checked == 50

@@ -257,8 +257,9 @@ def _init_pivots(k, lf, m, s, coef, asm_ptr, asm_code, asm_dst, ex, gth):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
-    """Add columns ``b_lo:b_hi`` of a child's update ``uc`` (``rc x rc``) into its parent's front, run by run."""
+def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up, packed):
+    """Add columns ``b_lo:b_hi`` of a child's update ``uc`` (``rc x rc``, or its lower triangle packed by
+    columns if ``packed``) into its parent's front, run by run."""
     rp = mp - sp
     nrun = len(ra) - 1
     jb = 0  # the run holding column b
@@ -266,7 +267,7 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
         while ra[jb + 1] <= b:
             jb += 1
         qb = rq[jb] + b - ra[jb]
-        base = b * rc
+        base = b * rc - (b * (b + 1) // 2 if packed else 0)
         if qb < sp:  # a pivot column of the parent
             dst, col = lp, qb * mp
         else:
@@ -281,13 +282,13 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _extend_add_map(uc, rc, pos, b_lo, b_hi, lp, mp, sp, up):
+def _extend_add_map(uc, rc, pos, b_lo, b_hi, lp, mp, sp, up, packed):
     """:func:`_extend_add` for small updates, entry by entry through the ring's parent positions ``pos``
     (runs of a few entries cost more to set up than to add)."""
     rp = mp - sp
     for b in range(b_lo, b_hi):
         qb = pos[b]
-        base = b * rc
+        base = b * rc - (b * (b + 1) // 2 if packed else 0)
         if qb < sp:
             col = qb * mp
             for a in range(b, rc):
@@ -464,15 +465,16 @@ def _node(
         for i in range(kids_ptr[k], kids_ptr[k + 1]):
             c = kids[i]
             uc = uc0 if i == kids_ptr[k] else uc1
-            if leaf_u[c] >= 0:  # a leaf eliminated in a batch
+            packed = leaf_u[c] >= 0  # a leaf eliminated in a batch: packed update in ubuf
+            if packed:
                 uc = ubuf[leaf_u[c] :]
             rc = m_[c] - s_[c]
             ra, rq = run_a[run_ptr[c] : run_ptr[c + 1]], run_q[run_ptr[c] : run_ptr[c + 1]]
             lo, hi = (0, split[c]) if phase == 0 else (split[c], rc)
             if rc < MAP_RING:
-                _extend_add_map(uc, rc, kid_q[kq_off[c] : kq_off[c] + rc], lo, hi, lf, m, s, u)
+                _extend_add_map(uc, rc, kid_q[kq_off[c] : kq_off[c] + rc], lo, hi, lf, m, s, u, packed)
             else:
-                _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u)
+                _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u, packed)
     return True
 
 
@@ -621,13 +623,20 @@ def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work,
     """``x_e <- L11^-1 x_e``, ``x_ring -= L21 x_e``; ring updates of upper nodes go to ``delta``.
 
     Column-oriented substitution: pivot and ring values sit together in ``work``, so each column of
-    ``[L11; L21]`` below its diagonal is one contiguous, vectorised update.
+    ``[L11; L21]`` below its diagonal is one contiguous, vectorised update. A node whose values are all
+    zero (children included, they came first) changes nothing and is skipped: the confidence map's
+    right-hand side lives next to the source row, so the first solve's forward sweep skips most nodes.
     """
     s, m = s_[k], m_[k]
     off = l_ptr[k]
     e0, r0 = elim_ptr[k], ring_ptr[k]
+    nonzero = False
     for i in range(s):
-        work[i] = x[elim[e0 + i]]
+        v = x[elim[e0 + i]]
+        work[i] = v
+        nonzero |= v != 0.0
+    if not nonzero:
+        return
     work[s:m] = 0.0
     for j in range(s):
         xj = work[j] / lb[off + j * m + j]

@@ -9,8 +9,9 @@ chunk of ``C`` leaves are stored *interleaved*, entry ``q`` of leaf ``i`` at ``F
 operation of the dense elimination becomes one loop over the ``C`` leaves, contiguous and vectorised
 (the layout of batched small-matrix kernels on GPUs and SIMD CPUs, e.g. Dongarra et al., "Batched
 linear algebra", 2017). The results go to the same places as those of the front-by-front path: the
-factor columns ``[L11; L21]`` to the factor, the update ``-L21 L21^T`` (lower triangle, column-major,
-with the excess update on its diagonal when row-sum pivots are used) to a buffer the parents read.
+factor columns ``[L11; L21]`` to the factor, the update ``-L21 L21^T`` (lower triangle, packed by
+columns, with the excess update on its diagonal when row-sum pivots are used) to a buffer the parents
+read.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def leaf_groups(
     chunk_ptr = np.append(np.concatenate(bounds), len(lv))
     chunk_task = tk[chunk_ptr[:-1]]
     task_chunk = np.searchsorted(chunk_task, np.arange(ntask + 1)).astype(np.int64)
-    r2 = (mk - sk) ** 2
+    rk = mk - sk
     u_off = np.zeros(len(lv) + 1, dtype=np.int64)
-    u_off[1:] = np.cumsum(r2)
+    u_off[1:] = np.cumsum(rk * (rk + 1) // 2)
     return lv.astype(np.int64), chunk_ptr.astype(np.int64), task_chunk, u_off
 
 
@@ -67,8 +68,8 @@ def eliminate_leaves(
 ):
     """Eliminate leaves ``leaves[lo:hi]`` (one shape, at most ``CHUNK``) together; False on a bad pivot.
 
-    Factor columns go to ``lbuf[l_ptr[k]:]``, updates to ``ubuf[u_at[k]:]`` (``r x r`` column-major,
-    lower triangle written). ``fw``, ``uw``, ``zw``, ``vw``: interleaved scratch of at least
+    Factor columns go to ``lbuf[l_ptr[k]:]``, updates to ``ubuf[u_at[k]:]`` (the lower triangle of the
+    ``r x r`` update, packed column by column: entry ``(a, b)``, ``a >= b``, at ``b r - b (b + 1) / 2 + a``). ``fw``, ``uw``, ``zw``, ``vw``: interleaved scratch of at least
     ``(m * s, CHUNK)``, ``(r * r, CHUNK)``, ``(s, CHUNK)`` and ``(3, CHUNK)``.
     """
     c = hi - lo
@@ -141,8 +142,10 @@ def eliminate_leaves(
         lf = lbuf[l_ptr[k] : l_ptr[k] + m * s]
         for q in range(m * s):
             lf[q] = fw[q, i]
-        uf = ubuf[u_at[k] : u_at[k] + r * r]
-        for a in range(r):
+        uf = ubuf[u_at[k] : u_at[k] + r * (r + 1) // 2]
+        o = 0
+        for a in range(r):  # packed: column a's rows a..r-1, then the next column
             for b in range(a, r):
-                uf[b + a * r] = uw[b + a * r, i]
+                uf[o] = uw[b + a * r, i]
+                o += 1
     return ok
