@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/bench_confmap_factor_ablation.py [--write]``. On the real reference images,
 the factorisation alone (``factorize_cpu``, no model, no solve) is timed for the default (row-sum
-pivots, leaves eliminated in interleaved batches), with leaves one front at a time, and with plain
+pivots, the small fronts at the bottom of the tree eliminated in interleaved batches), with them one
+front at a time, and with plain
 Cholesky pivots, interleaved round by round (11 rounds, the first discarded), with 1 thread and with all
 cores. It also reports how far one float32 solve of each variant is from the exact float64 map.
 ``--write`` puts the table in the ``### CPU factor ablations`` subsection of the ``confmap`` section of
@@ -26,7 +27,7 @@ from ultramae_monai.confmap.stencil import stencil_9pt
 HEADING = "### CPU factor ablations"
 VARIANTS = {
     "default": {},
-    "leaves one by one": {"batch_leaves": False},
+    "small fronts one by one": {"batch_bottom": False},
     "plain pivots": {"row_sums": False},
 }
 

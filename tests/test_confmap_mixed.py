@@ -25,7 +25,7 @@ from ultramae_monai.confmap.multifrontal_blas import (
     release,
     solve_cpu,
 )
-from ultramae_monai.confmap.multifrontal_leaves import CHUNK, leaf_groups
+from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups
 from ultramae_monai.confmap.refine import matvec_9pt, pcg_refine
 from ultramae_monai.confmap.seeds import make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
@@ -215,62 +215,70 @@ def test_row_sum_pivots_make_one_float32_solve_accurate() -> None:
 
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batched_leaves_give_the_front_by_front_factor(signed: bool, threads: int) -> None:
-    """Leaves eliminated in interleaved batches (row-sum pivots for M-matrices, plain Cholesky for the
-    signed systems) store the same factor as the one-front-at-a-time path, and solve the same."""
+def test_batched_bottom_gives_the_front_by_front_factor(signed: bool, threads: int) -> None:
+    """Small fronts eliminated height by height in interleaved batches (row-sum pivots for M-matrices,
+    plain Cholesky for the signed systems) store the same factor as the one-front-at-a-time path, and
+    solve the same; the batches include parents of batched children."""
     shape = (61, 47)
     mat, b = _random_system(shape, seed=5, signed=signed)
     coef = csr_to_stencil(mat, shape)[None]
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(threads)
-        one = factorize_cpu(coef, shape, batch_leaves=False)
+        one = factorize_cpu(coef, shape, batch_bottom=False)
+        assert len(one.plan.bottom) == 0
         lone, xone = one.lbuf.copy(), solve_cpu(one, b[None])[0]
         batched = factorize_cpu(coef, shape)
-        assert len(batched.plan.leaves) > 100
+        plan = batched.plan
+        kids_batched = [plan.batch_u[plan.kids[plan.kids_ptr[k] : plan.kids_ptr[k + 1]]] for k in plan.bottom]
+        assert len(plan.bottom) > 200 and sum(len(kb) > 0 for kb in kids_batched) > 50
+        assert all((kb >= 0).all() for kb in kids_batched)  # batches only wait for batches
         np.testing.assert_allclose(batched.lbuf, lone, rtol=1e-5, atol=1e-6 * np.abs(lone).max())
         np.testing.assert_allclose(solve_cpu(batched, b[None])[0], xone, rtol=1e-5, atol=1e-6 * np.abs(xone).max())
     finally:
         numba.set_num_threads(old)
 
 
-def test_batched_leaves_report_a_bad_pivot() -> None:
+def test_batched_bottom_reports_a_bad_pivot() -> None:
     shape = (30, 30)
-    mat, b = _random_system(shape, seed=2, signed=True)
+    mat, _ = _random_system(shape, seed=2, signed=True)
     good = factorize_cpu(csr_to_stencil(mat, shape)[None], shape)
     tr = good.plan.sym.tree
     k = int(np.searchsorted(tr.elim_ptr, np.flatnonzero(tr.elim == 0)[0], side="right") - 1)
-    assert good.plan.leaf_u[k] >= 0  # grid node 0 is eliminated by a batched leaf
+    assert good.plan.batch_u[k] >= 0  # grid node 0 is eliminated in a batch
     bad = mat.tolil()
     bad[0, 0] = -1.0
     coef = csr_to_stencil(bad.tocsr(), shape)[None]
     assert factorize_cpu(coef, shape) is None
 
 
-def test_leaf_groups_cut_one_shape_per_chunk_and_cover_every_leaf() -> None:
+def test_bottom_groups_cut_one_height_and_shape_per_chunk_and_cover_every_node() -> None:
     rng = np.random.default_rng(0)
     n = 700
     s, m = rng.integers(2, 4, n), rng.integers(10, 12, n)
-    leaves = np.sort(rng.choice(n, 500, replace=False))
-    task = np.minimum(leaves // 300, 2)
-    lv, ptr, task_chunk, u_off = leaf_groups(leaves, task, s, m, 3)
-    assert sorted(lv) == sorted(leaves) and ptr[0] == 0 and ptr[-1] == len(lv)
-    t_of = dict(zip(leaves.tolist(), task.tolist(), strict=True))
+    nodes = np.sort(rng.choice(n, 500, replace=False))
+    task = np.minimum(nodes // 300, 2)
+    height = rng.integers(0, 2, len(nodes))
+    lv, ptr, task_chunk, u_off = bottom_groups(nodes, task, height, s, m, 3)
+    assert sorted(lv) == sorted(nodes) and ptr[0] == 0 and ptr[-1] == len(lv)
+    t_of = dict(zip(nodes.tolist(), task.tolist(), strict=True))
+    h_of = dict(zip(nodes.tolist(), height.tolist(), strict=True))
     for c in range(len(ptr) - 1):
         chunk = lv[ptr[c] : ptr[c + 1]]
         assert 0 < len(chunk) <= CHUNK
-        assert len({(s[k], m[k], t_of[k]) for k in chunk}) == 1
-    for t in range(3):  # each task's chunks are contiguous and hold exactly its leaves
+        assert len({(s[k], m[k], t_of[k], h_of[k]) for k in chunk}) == 1
+    for t in range(3):  # each task's chunks are contiguous, hold exactly its nodes, lower heights first
         mine = lv[ptr[task_chunk[t]] : ptr[task_chunk[t + 1]]]
-        assert sorted(mine) == sorted(leaves[task == t])
+        assert sorted(mine) == sorted(nodes[task == t])
+        assert np.all(np.diff([h_of[k] for k in mine]) >= 0)
     r = m[lv] - s[lv]
     np.testing.assert_array_equal(np.diff(u_off), r * (r + 1) // 2)  # packed lower triangles
-    lv0, ptr0, tc0, u0 = leaf_groups(leaves[:0], task[:0], s, m, 2)
+    lv0, ptr0, tc0, u0 = bottom_groups(nodes[:0], task[:0], height[:0], s, m, 2)
     assert len(lv0) == 0 and list(ptr0) == [0] and list(tc0) == [0, 0, 0] and list(u0) == [0]
 
 
 def test_small_ring_extend_add_matches_the_run_version() -> None:
-    plan = cpu_plan((40, 37), 1, batch_leaves=False)
+    plan = cpu_plan((40, 37), 1, batch_bottom=False)
     rng = np.random.default_rng(1)
     r = plan.m - plan.s
     checked = 0

@@ -3,9 +3,9 @@
 Same elimination tree and fronts as :mod:`ultramae_monai.confmap.multifrontal` (nested dissection of the
 grid, fixed per shape), but organised for a CPU rather than for batched tensor kernels:
 
-* the tree is cut into independent subtrees, one numba thread each. A subtree's leaves are eliminated
-  first, many at a time in an interleaved layout (:mod:`.multifrontal_leaves`); the rest is walked
-  depth-first. A front's pivot columns are built in place in the factor; its update block waits in a
+* the tree is cut into independent subtrees, one numba thread each. The small fronts at the bottom of
+  a subtree (leaves and the short separators above them) are eliminated first, height by height, many
+  at a time in an interleaved layout (:mod:`.multifrontal_bottom`); the rest is walked depth-first. A front's pivot columns are built in place in the factor; its update block waits in a
   per-depth slot of the thread's arena until the parent takes it in (Duff & Reid, ACM TOMS 9(3), 1983):
   no update stack, no copies, no padding, no zero-filling of update blocks. Rings are ordered as in the
   parent's front (:mod:`.multifrontal_symbolic`), so extend-add runs down each column in contiguous runs
@@ -32,7 +32,7 @@ import numba as nb
 import numpy as np
 
 from ultramae_monai.confmap.blas import gemm_nt, partial_cholesky, schur_lower, single_threaded_blas
-from ultramae_monai.confmap.multifrontal_leaves import CHUNK, eliminate_leaves, leaf_groups, matrix_entry
+from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups, eliminate_batch, matrix_entry
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
@@ -41,6 +41,7 @@ SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop
 GTH_PANEL = 64  # pivot columns per panel of the blocked row-sum elimination
 LEAF_AREA = 12  # leaf boxes of the nested dissection (see multifrontal_symbolic)
 MAP_RING = 40  # children with smaller rings are added entry by entry, larger ones in contiguous runs
+BATCH_M = 40  # fronts below this order at the bottom of the tree are eliminated in interleaved batches
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,12 +78,12 @@ class CpuPlan:
     run_a: np.ndarray
     run_q: np.ndarray
     split: np.ndarray
-    leaves: np.ndarray
+    bottom: np.ndarray
     chunk_ptr: np.ndarray
     task_chunk: np.ndarray
-    leaf_u: np.ndarray
-    leaf_u_len: int
-    leaf_dims: tuple[int, int, int]
+    batch_u: np.ndarray
+    batch_u_len: int
+    batch_dims: tuple[int, int, int]
     asm_code: np.ndarray
     asm_dst: np.ndarray
     kid_q: np.ndarray
@@ -95,10 +96,11 @@ class CpuPlan:
 
 @lru_cache(maxsize=16)
 def cpu_plan(
-    shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA, batch_leaves: bool = True
+    shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA, batch_bottom: bool = True
 ) -> CpuPlan:
     """The schedule for an ``H x W`` grid split into at least ``parts`` subtrees (cached); with
-    ``batch_leaves`` the subtrees' leaves are eliminated in interleaved batches, otherwise one by one."""
+    ``batch_bottom`` the small fronts at the bottom of the subtrees are eliminated in interleaved batches
+    (:mod:`.multifrontal_bottom`), otherwise one by one."""
     sym = symbolic((int(shape[0]), int(shape[1])), leaf_area)
     tr = sym.tree
     nn = len(tr.parent)
@@ -143,15 +145,16 @@ def cpu_plan(
     upper_nodes = np.concatenate([tr.elim[tr.elim_ptr[k] : tr.elim_ptr[k + 1]] for k in upper]) if len(upper) else []
     upper_pos[np.asarray(upper_nodes, dtype=np.int64)] = np.arange(len(upper_nodes))
     run_ptr, run_a, run_q, split = _runs(tr.kid_q, kq_off, r, s, tr.parent)
-    # leaves inside subtrees are eliminated in batches before each subtree's walk (multifrontal_leaves)
+    # the small fronts at the bottom of each subtree are eliminated in batches before its walk
     node_task = np.full(nn, -1, dtype=np.int64)
     for t in range(len(root)):
         node_task[first[t] : root[t] + 1] = t
-    leaf = np.flatnonzero((np.diff(kids_ptr) == 0) & (node_task >= 0) & batch_leaves)
-    leaves, chunk_ptr, task_chunk, u_off = leaf_groups(leaf, node_task[leaf], s, m, len(root))
-    leaf_u = np.full(nn, -1, dtype=np.int64)
-    leaf_u[leaves] = u_off[:-1]
-    dims = (int((m * s)[leaves].max()), int((r**2)[leaves].max()), int(s[leaves].max())) if len(leaves) else (1, 1, 1)
+    height, batched = _bottom(tr.parent, kids_ptr, kids, m, node_task, BATCH_M if batch_bottom else 0)
+    nodes = np.flatnonzero(batched)
+    bottom, chunk_ptr, task_chunk, u_off = bottom_groups(nodes, node_task[nodes], height[nodes], s, m, len(root))
+    batch_u = np.full(nn, -1, dtype=np.int64)
+    batch_u[bottom] = u_off[:-1]
+    dims = (int((m * s)[bottom].max()), int((r**2)[bottom].max()), int(s[bottom].max())) if len(bottom) else (1, 1, 1)
     # matrix entries as 32-bit (code, destination) pairs: a third of the index traffic of (src, p, q)
     node_of = np.repeat(np.arange(nn), np.diff(tr.asm_ptr))
     asm_dst = (tr.asm_p + tr.asm_q * m[node_of]).astype(np.int32)
@@ -159,8 +162,8 @@ def cpu_plan(
     asm_code = np.where(diag, -(tr.asm_src // 9) - 1, tr.asm_src).astype(np.int32)
     return CpuPlan(
         sym, s, m, depth, sib, kids_ptr, kids, l_ptr, first, root, task_of, upper, upper_off, slot, slot_len,
-        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split, leaves, chunk_ptr, task_chunk,
-        leaf_u, int(u_off[-1]), dims, asm_code, asm_dst, tr.kid_q, kq_off,
+        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split, bottom, chunk_ptr, task_chunk,
+        batch_u, int(u_off[-1]), dims, asm_code, asm_dst, tr.kid_q, kq_off,
     )  # fmt: skip
 
 
@@ -213,6 +216,23 @@ def _runs_compiled(kid_q, kq_off, r, s, parent):
         run_a[o] = r[c]
         run_q[o] = -1
     return run_ptr, run_a, run_q, split
+
+
+@nb.njit(cache=True)
+def _bottom(parent, kids_ptr, kids, m, node_task, batch_m):
+    """Each node's height above the leaves, and whether it is eliminated in a batch: inside a subtree,
+    ``m < batch_m``, and all its children batched too (so batches only ever wait for batches)."""
+    nn = len(parent)
+    height = np.zeros(nn, dtype=np.int64)
+    batched = np.zeros(nn, dtype=np.bool_)
+    for k in range(nn):  # post-order: children first
+        ok = node_task[k] >= 0 and m[k] < batch_m
+        for i in range(kids_ptr[k], kids_ptr[k + 1]):
+            c = kids[i]
+            height[k] = max(height[k], height[c] + 1)
+            ok = ok and batched[c]
+        batched[k] = ok
+    return height, batched
 
 
 @nb.njit(cache=True)
@@ -450,7 +470,7 @@ def _eliminate(f, m, s, u, small, gth, z):
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _node(
     k, coef, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_code, asm_dst,
-    small, ex, gth, z, ubuf, leaf_u, kid_q, kq_off,
+    small, ex, gth, z, ubuf, batch_u, kid_q, kq_off,
 ):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
@@ -465,9 +485,9 @@ def _node(
         for i in range(kids_ptr[k], kids_ptr[k + 1]):
             c = kids[i]
             uc = uc0 if i == kids_ptr[k] else uc1
-            packed = leaf_u[c] >= 0  # a leaf eliminated in a batch: packed update in ubuf
+            packed = batch_u[c] >= 0  # eliminated in a batch: packed update in ubuf
             if packed:
-                uc = ubuf[leaf_u[c] :]
+                uc = ubuf[batch_u[c] :]
             rc = m_[c] - s_[c]
             ra, rq = run_a[run_ptr[c] : run_ptr[c + 1]], run_q[run_ptr[c] : run_ptr[c + 1]]
             lo, hi = (0, split[c]) if phase == 0 else (split[c], rc)
@@ -482,7 +502,7 @@ def _node(
 def _factor_all(
     coef, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
     run_a, run_q, split, l_ptr, asm_ptr, asm_code, asm_dst, upper, upper_off, task_of, small, ex, gth,
-    ubufs, leaves, chunk_ptr, task_chunk, leaf_u, leaf_dims, kid_q, kq_off,
+    ubufs, bottom, chunk_ptr, task_chunk, batch_u, batch_dims, kid_q, kq_off,
 ):
     batch = coef.shape[0]
     nsub = len(root)
@@ -492,27 +512,25 @@ def _factor_all(
         arena, lb, cb, ubuf = arenas[task], lbuf[b], coef[b], ubufs[b]
         z = np.empty(2 * m_.max(), dtype=np.float32)  # row-sum scratch, one per task
         good = True
-        fw = np.empty((leaf_dims[0], CHUNK), dtype=np.float32)
-        uw = np.empty((leaf_dims[1], CHUNK), dtype=np.float32)
-        zw = np.empty((leaf_dims[2], CHUNK), dtype=np.float32)
+        fw = np.empty((batch_dims[0], CHUNK), dtype=np.float32)
+        uw = np.empty((batch_dims[1], CHUNK), dtype=np.float32)
+        zw = np.empty((batch_dims[2], CHUNK), dtype=np.float32)
         vw = np.empty((3, CHUNK), dtype=np.float32)
         for ch in range(task_chunk[t], task_chunk[t + 1]):
-            lo, hi = chunk_ptr[ch], chunk_ptr[ch + 1]
-            k = leaves[lo]
-            good &= eliminate_leaves(
-                lo, hi, leaves, s_[k], m_[k], cb, ex[b], gth[b], asm_ptr, asm_code, asm_dst, lb, l_ptr, ubuf,
-                leaf_u, fw, uw, zw, vw,
+            good &= eliminate_batch(
+                chunk_ptr[ch], chunk_ptr[ch + 1], bottom, s_, m_, cb, ex[b], gth[b], asm_ptr, asm_code, asm_dst,
+                lb, l_ptr, ubuf, batch_u, kids_ptr, kids, split, kid_q, kq_off, fw, uw, zw, vw,
             )  # fmt: skip
         d0 = depth[root[t]]
         for k in range(first[t], root[t] + 1):
-            if leaf_u[k] >= 0:
+            if batch_u[k] >= 0:
                 continue
             d = depth[k] - d0
             u = arena[slot[d] + (0 if k == root[t] else sib[k]) * slot_len[d] :]
             uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
             good &= _node(
                 k, cb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
-                asm_ptr, asm_code, asm_dst, small, ex[b], gth[b], z, ubuf, leaf_u, kid_q, kq_off,
+                asm_ptr, asm_code, asm_dst, small, ex[b], gth[b], z, ubuf, batch_u, kid_q, kq_off,
             )  # fmt: skip
         ok[task] = good
     for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
@@ -532,7 +550,7 @@ def _factor_all(
             good &= _node(
                 k, coef[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
                 run_ptr, run_a, run_q, split, asm_ptr, asm_code, asm_dst, small, ex[b], gth[b], z, ubufs[b],
-                leaf_u, kid_q, kq_off,
+                batch_u, kid_q, kq_off,
             )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()
@@ -583,16 +601,16 @@ def factorize_cpu(
     small: int = SMALL_FRONT,
     leaf_area: int = LEAF_AREA,
     row_sums: bool = True,
-    batch_leaves: bool = True,
+    batch_bottom: bool = True,
 ) -> CpuFactor | None:
     """float32 factor of a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
     Returns None when a pivot is not positive in float32 (the caller then factorises in float64).
-    ``row_sums`` and ``batch_leaves`` switch off the row-sum pivots and the batched leaves (for checks).
+    ``row_sums`` and ``batch_bottom`` switch off the row-sum pivots and the batched bottom (for checks).
     """
     batch = coef.shape[0]
     threads = nb.get_num_threads()
-    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area, batch_leaves)
+    plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area, batch_bottom)
     tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
     ex = np.empty((batch, flat.shape[1] // 9))
@@ -600,13 +618,13 @@ def factorize_cpu(
     arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
     uarenas = _workspace(("uarenas",), (batch, max(int(plan.upper_off[-1]), 1)))
     lbuf = _workspace(("lbuf",), (batch, int(plan.l_ptr[-1])))
-    ubufs = _workspace(("ubufs",), (batch, max(plan.leaf_u_len, 1)))
+    ubufs = _workspace(("ubufs",), (batch, max(plan.batch_u_len, 1)))
     with single_threaded_blas():
         ok = _factor_all(
             flat, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.slot_len, plan.depth, plan.sib,
             plan.s, plan.m, plan.kids_ptr, plan.kids, plan.run_ptr, plan.run_a, plan.run_q, plan.split,
             plan.l_ptr, tr.asm_ptr, plan.asm_code, plan.asm_dst, plan.upper, plan.upper_off, plan.task_of,
-            small, ex, gth, ubufs, plan.leaves, plan.chunk_ptr, plan.task_chunk, plan.leaf_u, plan.leaf_dims, plan.kid_q,
+            small, ex, gth, ubufs, plan.bottom, plan.chunk_ptr, plan.task_chunk, plan.batch_u, plan.batch_dims, plan.kid_q,
             plan.kq_off,
         )  # fmt: skip
     _WORKSPACE[("arenas",)] = arenas
