@@ -53,7 +53,12 @@ class CpuPlan:
     floats (a subtree root's block starts the arena); upper node ``upper[i]`` keeps its block at
     ``upper_off[i]``. ``l_ptr`` offsets each node's ``m * s`` factor columns. A child's ring maps to its
     parent's front in runs of consecutive positions (:func:`_runs`); its first ``split`` ring nodes are
-    the parent's pivots. ``upper_pos[g]`` numbers the grid nodes eliminated by upper nodes (-1 elsewhere).
+    the parent's pivots; ``kid_q[kq_off[c]:]`` lists those positions one by one. ``upper_pos[g]`` numbers
+    the grid nodes eliminated by upper nodes (-1 elsewhere). The batched bottom (:mod:`.multifrontal_bottom`):
+    nodes ``bottom`` in chunks ``chunk_ptr`` (task ``t``'s from ``task_chunk[t]``), packed updates at
+    ``batch_u[k]`` (-1: not batched) in a buffer of ``batch_u_len`` floats, scratch sizes ``batch_dims``.
+    Matrix entries: ``asm_code`` (a stencil entry, ``-1 - i`` for node ``i``'s diagonal) goes to factor
+    position ``asm_dst`` of its node.
     """
 
     sym: Symbolic
