@@ -47,7 +47,7 @@ def run(case: str, size: tuple[int, int, int], args: argparse.Namespace) -> None
     h, w, depth = vol.shape
     t0 = time.perf_counter()
     split = split_slices(mat, vol.shape)
-    factors = factor_slices(split.coef, (h, w), args.chunk)
+    factors = factor_slices(split.coef, (h, w), args.chunk, args.precision)
     t_fac = time.perf_counter() - t0
     to_slices = np.arange(h * w * depth).reshape(h, w, depth).transpose(2, 0, 1).ravel()
 
@@ -67,7 +67,7 @@ def run(case: str, size: tuple[int, int, int], args: argparse.Namespace) -> None
         diff = float(np.abs(x - solve_direct(mat, b, vol.shape)).max())
     m = x.reshape(vol.shape)
     print(
-        f"| {case} | {h}x{w}x{depth} | {args.precond} | {t_asm:.1f} | {t_fac:.1f} | {t_cg:.1f} | "
+        f"| {case} | {h}x{w}x{depth} | {args.precond} | {args.precision} | {t_asm:.1f} | {t_fac:.1f} | {t_cg:.1f} | "
         f"{t_asm + t_fac + t_cg:.1f} | {info.iterations} | {info.residual:.1e} | {factors.nbytes / 1e9:.2f} | "
         f"{peak_gb():.1f} | {diff:.1e} | {m.min():.3f}..{m.max():.3f} |",
         flush=True,
@@ -83,19 +83,22 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-10)
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--precision", nargs="+", default=["exact"], help="slice factors: mixed (float32) or exact")
     args = p.parse_args()
     torch.set_num_threads(2)
     precs = list(args.precond)
+    precisions = list(args.precision)
     print(
-        "| case | size | precond | weights+assembly s | factor s | CG s | total s | iterations | rel. residual "
+        "| case | size | precond | slice factors | weights+assembly s | factor s | CG s | total s | iterations | rel. residual "
         "| factor GB | peak RSS GB | max abs diff vs SuperLU | map range |"
     )
-    print("|" + "---|" * 13, flush=True)
+    print("|" + "---|" * 14, flush=True)
     for size in args.sizes:
         for case in args.cases:
             for pre in precs:
-                args.precond = pre
-                run(case, tuple(int(s) for s in size.split("x")), args)
+                for precision in precisions:
+                    args.precond, args.precision = pre, precision
+                    run(case, tuple(int(s) for s in size.split("x")), args)
 
 
 if __name__ == "__main__":

@@ -307,3 +307,19 @@ def test_small_ring_extend_add_matches_the_run_version() -> None:
         assert outs[0][0].any() or outs[0][1].any()
         checked += 1
     assert checked == 50
+
+
+def test_refinement_relative_tolerance_scales_with_the_solution() -> None:
+    """``rtol`` stops CG relative to the solution's size, whatever the right-hand side's scale."""
+    shape = (20, 23)
+    mat, b = _random_system(shape, seed=4)
+    coef = csr_to_stencil(mat, shape)[None]
+    factor = factorize_cpu(coef, shape)
+    ref = spla.spsolve(sp.csc_matrix(mat), b)
+    for scale in (1e-8, 1.0, 1e6):
+        x, info = pcg_refine(
+            coef, scale * b[None], shape, lambda r: solve_cpu(factor, r).astype(np.float64), atol=0.0, rtol=1e-12
+        )
+        assert info.converged and info.iterations >= 2
+        assert np.abs(x[0] - scale * ref).max() <= 1e-10 * scale * np.abs(ref).max()
+    release(factor)

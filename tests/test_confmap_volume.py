@@ -12,7 +12,7 @@ from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_offsets, edge_weights, normalize
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
 from ultramae_monai.confmap.system import assemble_csr
-from ultramae_monai.confmap.volume_solver import solve_volume, split_slices
+from ultramae_monai.confmap.volume_solver import factor_slices, solve_volume, split_slices
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 
@@ -64,10 +64,30 @@ def test_random_system_equals_direct(connectivity: int) -> None:
 
 
 @pytest.mark.parametrize("preconditioner", ["sgs", "jacobi", "sgs-coarse"])
-def test_resect_crop_equals_direct(resect_crop: np.ndarray, preconditioner: str) -> None:
+@pytest.mark.parametrize("precision", ["exact", "mixed"])
+def test_resect_crop_equals_direct(resect_crop: np.ndarray, preconditioner: str, precision: str) -> None:
     mat, b = _system(resect_crop)
-    x, _ = solve_volume(mat, b, resect_crop.shape, tol=1e-12, preconditioner=preconditioner, chunk=32)
+    x, info = solve_volume(
+        mat, b, resect_crop.shape, tol=1e-12, preconditioner=preconditioner, chunk=32, precision=precision
+    )
     assert np.abs(x - solve_direct(mat, b, resect_crop.shape)).max() <= 1e-6
+    assert info.residual <= 1e-12
+
+
+def test_mixed_slice_factors_solve_like_exact_ones(resect_crop: np.ndarray) -> None:
+    """float32 slice factors with refined block solves: the same block inverse to ~1e-11, half the bytes."""
+    split = split_slices(_system(resect_crop)[0], resect_crop.shape)
+    shape = resect_crop.shape[:2]
+    exact, mixed = factor_slices(split.coef, shape, 4), factor_slices(split.coef, shape, 4, precision="mixed")
+    assert all(c is not None for c in mixed.coefs) and mixed.nbytes < exact.nbytes
+    rhs = np.random.default_rng(0).random(split.coef.shape[:2])
+    out_e, out_m = np.zeros_like(rhs), np.zeros_like(rhs)
+    every = np.arange(rhs.shape[0])
+    exact.solve(rhs, out_e, every)
+    mixed.solve(rhs, out_m, every)
+    assert np.abs(out_m - out_e).max() <= 1e-10 * np.abs(out_e).max()
+    with pytest.raises(InvalidInputError, match="precision"):
+        factor_slices(split.coef, shape, 4, precision="half")
 
 
 def test_uncoupled_identical_slices_one_iteration_equal_2d(resect_crop: np.ndarray) -> None:

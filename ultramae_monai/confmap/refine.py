@@ -102,11 +102,12 @@ def pcg_refine(
     precondition: Callable[[np.ndarray], np.ndarray],
     atol: float = 1e-6,
     max_iter: int = 20,
+    rtol: float = 0.0,
 ) -> tuple[np.ndarray, RefineInfo]:
     """Solve ``A x = b`` (batch, float64) by CG preconditioned with ``precondition`` (an approximate ``A^-1``).
 
     Every batch item runs its own CG recurrence, vectorised over the batch; items that have converged
-    stop changing.
+    stop changing. An item stops when its estimated error is at most ``max(atol, rtol * max|x|)``.
     """
     coef = np.ascontiguousarray(coef, dtype=np.float64)
     b = np.ascontiguousarray(b, dtype=np.float64)
@@ -128,7 +129,8 @@ def pcg_refine(
         known = np.isfinite(prev) & (prev > 0)
         rate = np.minimum(corr / np.where(known, prev, 1.0), 0.5)
         est = np.where(active, np.where(known, corr * rate / (1.0 - rate), np.inf), est)
-        done = (est <= atol) | (corr == 0.0)
+        tol = np.maximum(atol, rtol * np.abs(x).max(axis=1)) if rtol > 0 else atol
+        done = (est <= tol) | (corr == 0.0)
         prev = np.where(active, corr, prev)
         active &= ~done
         if not active.any() or it == max_iter:
