@@ -29,7 +29,7 @@ from monai.transforms import UltrasoundConfidenceMapTransform
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch
-from ultramae_monai.confmap.multifrontal_blas import cpu_plan, factorize_cpu, release, solve_cpu
+from ultramae_monai.confmap.multifrontal_blas import cpu_plan, factorize_cpu, release
 from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
 from ultramae_monai.confmap.stencil import stencil_9pt
@@ -61,7 +61,7 @@ def map_default(img: np.ndarray, gamma: float, split: dict | None = None) -> np.
     t1 = time.perf_counter()
     factor = factorize_cpu(coef, img.shape)
     t2 = time.perf_counter()
-    x, info = pcg_refine(coef, b, img.shape, lambda r: solve_cpu(factor, r).astype(np.float64))
+    x, info = pcg_refine(coef, b, img.shape, factor.precondition)
     release(factor)
     t3 = time.perf_counter()
     if split is not None:

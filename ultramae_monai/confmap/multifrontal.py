@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ultramae_monai.confmap.multifrontal_blas import factorize_cpu, release, solve_cpu
+from ultramae_monai.confmap.multifrontal_blas import factorize_cpu, release
 from ultramae_monai.confmap.multifrontal_cpu import (
     backward_lower,
     factor_lower,
@@ -309,7 +309,7 @@ def _solve_mixed_cpu(coef: np.ndarray, b: np.ndarray, shape: tuple[int, int]) ->
     if factor is None:  # a float32 pivot was not positive
         return None
     try:
-        x, info = pcg_refine(coef, b, shape, lambda r: solve_cpu(factor, r).astype(np.float64))
+        x, info = pcg_refine(coef, b, shape, factor.precondition)
     finally:
         release(factor)
     return x if info.converged else None

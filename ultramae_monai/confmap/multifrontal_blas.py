@@ -122,8 +122,8 @@ def cpu_plan(
     sib = np.zeros(nn, dtype=np.int64)
     par = tr.parent[kids]
     sib[kids] = np.arange(len(kids)) - kids_ptr[par]
-    within = np.cumsum(r[kids]) - r[kids]  # ring offset of each child among its siblings
-    kq_off[kids] = tr.kid_ptr[par] + within - (np.cumsum(r[kids]) - r[kids])[kids_ptr[par]]
+    before = np.cumsum(r[kids]) - r[kids]  # ring entries of all earlier children, in kids order
+    kq_off[kids] = tr.kid_ptr[par] + before - before[kids_ptr[par]]
     l_ptr = np.zeros(nn + 1, dtype=np.int64)
     l_ptr[1:] = np.cumsum(m * s)
     # subtrees: all nodes at the shallowest depth with at least `parts` nodes
@@ -268,6 +268,10 @@ class CpuFactor:
     @property
     def batch(self) -> int:
         return self.lbuf.shape[0]
+
+    def precondition(self, r: np.ndarray) -> np.ndarray:
+        """The float32 solve as a float64 preconditioner, for :func:`ultramae_monai.confmap.refine.pcg_refine`."""
+        return solve_cpu(self, r).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -739,6 +743,6 @@ def solve_cpu(factor: CpuFactor, b: np.ndarray) -> np.ndarray:
     x = np.array(b, dtype=np.float32, order="C", copy=True)
     _solve_all(
         x, factor.lbuf, plan.first, plan.root, plan.upper, plan.s, plan.m, plan.l_ptr, tr.elim_ptr, tr.elim,
-        tr.ring_ptr, tr.ring, plan.upper_pos, plan.n_upper_nodes, 2 * int(plan.m.max()),
+        tr.ring_ptr, tr.ring, plan.upper_pos, plan.n_upper_nodes, int(plan.m.max()),
     )  # fmt: skip
     return x

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 
 from ultramae_monai.confmap.multifrontal import MultifrontalFactor, csr_to_stencil, factorize, solve_factored
-from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, solve_cpu
+from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
 from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
@@ -137,9 +137,7 @@ class SliceFactors:
                 out[idx] = solve_factored(f, torch.from_numpy(np.ascontiguousarray(rhs[idx]))).numpy()
                 continue
             r = np.ascontiguousarray(rhs[idx])
-            x, info = pcg_refine(
-                coef, r, self.shape, lambda q, f=f: solve_cpu(f, q).astype(np.float64), atol=0.0, rtol=BLOCK_RTOL
-            )
+            x, info = pcg_refine(coef, r, self.shape, f.precondition, atol=0.0, rtol=BLOCK_RTOL)
             if not info.converged:
                 raise ConvergenceError(f"float32-preconditioned slice solve stopped at error {info.error:.1e}")
             out[idx] = x
