@@ -14,6 +14,7 @@ from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import csr_to_stencil, solve_multifrontal_batch, stencil_from_2d
 from ultramae_monai.confmap.multifrontal_blas import (
     MAP_RING,
+    _entries,
     _excess_update,
     _extend_add,
     _extend_add_map,
@@ -25,7 +26,7 @@ from ultramae_monai.confmap.multifrontal_blas import (
     release,
     solve_cpu,
 )
-from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups
+from ultramae_monai.confmap.multifrontal_bottom import CHUNK, _deinterleave, bottom_groups
 from ultramae_monai.confmap.refine import matvec_9pt, pcg_refine
 from ultramae_monai.confmap.seeds import make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
@@ -173,7 +174,7 @@ def test_one_pass_stencil_equals_the_padded_assembly(with_fov: bool) -> None:
     np.testing.assert_array_equal(b, st.b[1:-1, 1:-1].ravel())
 
 
-@pytest.mark.parametrize(("m", "s"), [(28, 12), (300, 64), (150, 150), (200, 130)])
+@pytest.mark.parametrize(("m", "s"), [(28, 12), (61, 23), (300, 64), (150, 150), (200, 130)])
 def test_row_sum_pivot_elimination_matches_cholesky_and_carries_the_excess(m: int, s: int) -> None:
     a, f = _front(m, s, m * s)
     ex = a.sum(axis=1)  # the rows' excess: coupling to Dirichlet nodes
@@ -186,14 +187,15 @@ def test_row_sum_pivot_elimination_matches_cholesky_and_carries_the_excess(m: in
     r = m - s
     with single_threaded_blas():
         for kernel in (_partial_cholesky_small_gth, _partial_cholesky_gth):
-            ff, u, z = f.copy(), np.zeros(max(r * r, 1), dtype=np.float32), np.zeros(s, dtype=np.float32)
+            ff, u = f.copy(), np.zeros(max(r * r, 1), dtype=np.float32)
+            z = np.zeros(2 * m, dtype=np.float32)  # the kernels' scratch contract: z[:s] out, the rest scratch
             assert kernel(ff, m, s, u, z)
             out = ff.reshape(s, m).T
             np.testing.assert_allclose(np.tril(out[:s]), l11, rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(out[s:], l21, rtol=1e-4, atol=1e-6)
-            np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(z[:s], z_ref, rtol=1e-4, atol=1e-7)
             if r:
-                _excess_update(ff, m, s, u, z, np.empty(r, dtype=np.float32))
+                _excess_update(ff, m, s, u, z[:s], np.empty(r, dtype=np.float32))
                 upd = u[: r * r].reshape(r, r).T
                 off = np.tril(np.ones((r, r), dtype=bool), -1)
                 np.testing.assert_allclose(upd[off], (-l21 @ l21.T)[off], rtol=1e-4, atol=1e-6)
@@ -323,3 +325,37 @@ def test_refinement_relative_tolerance_scales_with_the_solution() -> None:
         assert info.converged and info.iterations >= 2
         assert np.abs(x[0] - scale * ref).max() <= 1e-10 * scale * np.abs(ref).max()
     release(factor)
+
+
+def test_entry_table_holds_float32_entries_and_excess_pivots_for_random_walks_only() -> None:
+    shape = (9, 7)
+    ew = edge_weights(normalize(np.random.default_rng(3).random(shape)), 90.0, 0.05)
+    coef, _ = stencil_9pt(ew, make_seeds(np.ones(shape), "all"))
+    signed = coef.copy()
+    signed[20, 1] = abs(signed[20, 1]) + 0.1  # a positive coupling: not a random-walk Laplacian
+    flat = np.stack([coef.ravel(), signed.ravel()])
+    vals = np.empty(flat.shape, dtype=np.float32)
+    assert _entries(flat, vals, True).tolist() == [True, False]
+    ex = np.maximum(np.cumsum(coef, axis=1)[:, -1], 0.0)  # summed in stencil order, as the kernel does
+    want = coef.astype(np.float32)
+    want[:, 4] = ex.astype(np.float32)
+    np.testing.assert_array_equal(vals[0].reshape(-1, 9), want)
+    np.testing.assert_array_equal(vals[1], signed.ravel().astype(np.float32))  # plain pivots: diagonal kept
+    assert _entries(flat, vals, False).tolist() == [False, False]
+    np.testing.assert_array_equal(vals[0], coef.ravel().astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 40])
+def test_deinterleave_puts_every_lane_back_at_its_node(n: int) -> None:
+    rng = np.random.default_rng(n)
+    c = 37
+    w = rng.random((n, CHUNK)).astype(np.float32)
+    nodes = np.arange(100, 100 + c + 3)  # lanes 0..c-1 are nodes[3:3 + c]
+    at = np.zeros(200, dtype=np.int64)
+    at[nodes] = rng.permutation(len(nodes)) * n + 5
+    out = np.full(5 + len(nodes) * n, -1.0, dtype=np.float32)
+    _deinterleave(w, n, c, out, at, nodes, 3)
+    for i in range(c):
+        np.testing.assert_array_equal(out[at[nodes[3 + i]] : at[nodes[3 + i]] + n], w[:n, i])
+    for k in nodes[:3]:  # nodes outside the chunk are left alone
+        assert (out[at[k] : at[k] + n] == -1.0).all()

@@ -20,7 +20,8 @@ import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
 from numba import types
-from numba.extending import get_cython_function_address
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
 from threadpoolctl import ThreadpoolController
 
 __all__ = ["gemm_nt", "partial_cholesky", "schur_lower", "single_threaded_blas"]
@@ -52,7 +53,22 @@ def single_threaded_blas() -> AbstractContextManager:
     return _controller.limit(limits=1, user_api="blas")
 
 
-_L, _N, _R, _T = ord("L"), ord("N"), ord("R"), ord("T")
+_L, _N, _R, _T = np.uint8(ord("L")), np.uint8(ord("N")), np.uint8(ord("R")), np.uint8(ord("T"))
+
+
+@intrinsic
+def _ref(typingctx, value):
+    """A pointer to a copy of ``value`` on the stack: Fortran BLAS takes every scalar by reference.
+
+    Small ``np.empty`` arrays for those arguments cost three heap allocations per call, which showed in
+    the thousands of small fronts of a factorisation.
+    """
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once_value(builder, args[0])
+        return builder.bitcast(slot, cgutils.voidptr_t)
+
+    return types.voidptr(value), codegen
 
 
 @nb.njit(cache=True, nogil=True)
@@ -60,15 +76,10 @@ def gemm_nt(
     mr: int, nc: int, k: int, a: np.ndarray, lda: int, b: np.ndarray, ldb: int, c: np.ndarray, ldc: int, beta: float
 ) -> None:
     """``C[:mr, :nc] <- beta C - A[:mr, :k] B[:nc, :k]^T`` (float32, column-major views, leading dimensions)."""
-    ch = np.empty(2, np.uint8)
-    ch[0], ch[1] = _N, _T
-    iv = np.empty(6, np.int32)
-    iv[0], iv[1], iv[2], iv[3], iv[4], iv[5] = mr, nc, k, lda, ldb, ldc
-    sc = np.empty(2, np.float32)
-    sc[0], sc[1] = -1.0, beta
+    i32, f32 = np.int32, np.float32
     _sgemm(
-        ch[0:].ctypes, ch[1:].ctypes, iv[0:].ctypes, iv[1:].ctypes, iv[2:].ctypes, sc[0:].ctypes, a.ctypes,
-        iv[3:].ctypes, b.ctypes, iv[4:].ctypes, sc[1:].ctypes, c.ctypes, iv[5:].ctypes,
+        _ref(_N), _ref(_T), _ref(i32(mr)), _ref(i32(nc)), _ref(i32(k)), _ref(f32(-1.0)), a.ctypes, _ref(i32(lda)),
+        b.ctypes, _ref(i32(ldb)), _ref(f32(beta)), c.ctypes, _ref(i32(ldc)),
     )  # fmt: skip
 
 
@@ -83,15 +94,10 @@ def schur_lower(f: np.ndarray, m: int, s: int, u: np.ndarray) -> None:
     r = m - s
     f21 = f[s:]
     if r >= SYRK_MIN:
-        ch = np.empty(2, np.uint8)
-        ch[0], ch[1] = _L, _N
-        iv = np.empty(3, np.int32)
-        iv[0], iv[1], iv[2] = r, s, m
-        sc = np.empty(2, np.float32)
-        sc[0], sc[1] = -1.0, 0.0
+        i32, f32 = np.int32, np.float32
         _ssyrk(
-            ch[0:].ctypes, ch[1:].ctypes, iv[0:].ctypes, iv[1:].ctypes, sc[0:].ctypes, f21.ctypes, iv[2:].ctypes,
-            sc[1:].ctypes, u.ctypes, iv[0:].ctypes,
+            _ref(_L), _ref(_N), _ref(i32(r)), _ref(i32(s)), _ref(f32(-1.0)), f21.ctypes, _ref(i32(m)),
+            _ref(f32(0.0)), u.ctypes, _ref(i32(r)),
         )  # fmt: skip
         return
     for j0 in range(0, r, GEMM_BLOCK):
@@ -109,22 +115,18 @@ def partial_cholesky(f: np.ndarray, m: int, s: int, u: np.ndarray) -> bool:
     adds to the trailing block. Returns False when the pivot block is not positive definite. This is the
     path for SPD systems that are not random-walk Laplacians; those use row-sum pivots instead.
     """
-    ch = np.empty(4, np.uint8)
-    ch[0], ch[1], ch[2], ch[3] = _R, _L, _T, _N
-    iv = np.empty(4, np.int32)
+    i32 = np.int32
     r = m - s
-    iv[0], iv[1], iv[2], iv[3] = s, m, r, 0
-    sc = np.empty(1, np.float32)
-    sc[0] = 1.0
-    _spotrf(ch[1:].ctypes, iv[0:].ctypes, f.ctypes, iv[1:].ctypes, iv[3:].ctypes)
-    if iv[3] != 0:
+    info = np.zeros(1, np.int32)  # an output: read back below
+    _spotrf(_ref(_L), _ref(i32(s)), f.ctypes, _ref(i32(m)), info.ctypes)
+    if info[0] != 0:
         return False
     if r == 0:
         return True
     f21 = f[s:]
     _strsm(
-        ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, iv[2:].ctypes, iv[0:].ctypes, sc[0:].ctypes,
-        f.ctypes, iv[1:].ctypes, f21.ctypes, iv[1:].ctypes,
+        _ref(_R), _ref(_L), _ref(_T), _ref(_N), _ref(i32(r)), _ref(i32(s)), _ref(np.float32(1.0)), f.ctypes,
+        _ref(i32(m)), f21.ctypes, _ref(i32(m)),
     )  # fmt: skip
     schur_lower(f, m, s, u)
     return True

@@ -78,10 +78,11 @@ _SUM_ORDER = (7, 1, 5, 3, 8, 0, 6, 2)  # down, up, right, left, down-right, up-l
 def _nine_point(down, right, dr, dl, fixed, value, coef, b):
     h, w = down.shape
     for i in nb.prange(h):
+        wts = np.empty(9)  # once per row: an allocation (or a row view) per pixel cost more than the pass
         for j in range(w):
             p = i * w + j
             # the 8 neighbours (d = 3 * (di + 1) + (dj + 1)) and their edge weights
-            wts = np.zeros(9)
+            wts[:] = 0.0
             if i > 0:
                 if j > 0:
                     wts[0] = dr[i - 1, j - 1]
@@ -96,10 +97,10 @@ def _nine_point(down, right, dr, dl, fixed, value, coef, b):
                     wts[6] = dl[i, j]
                 wts[7] = down[i, j]
                 wts[8] = dr[i, j]
-            row = coef[p]
-            row[:] = 0.0
+            for d in range(9):
+                coef[p, d] = 0.0
             if fixed[i, j]:
-                row[4] = 1.0
+                coef[p, 4] = 1.0
                 b[p] = 0.0
                 continue
             deg, rhs = 0.0, 0.0
@@ -111,8 +112,8 @@ def _nine_point(down, right, dr, dl, fixed, value, coef, b):
                 if fixed[qi, qj]:
                     rhs += wts[d] * value[qi, qj]
                 else:
-                    row[d] = -wts[d]
-            row[4] = deg
+                    coef[p, d] = -wts[d]
+            coef[p, 4] = deg
             b[p] = rhs
 
 
