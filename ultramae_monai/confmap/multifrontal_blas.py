@@ -32,7 +32,7 @@ import numba as nb
 import numpy as np
 
 from ultramae_monai.confmap.blas import gemm_nt, partial_cholesky, schur_lower, single_threaded_blas
-from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups, eliminate_batch
+from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups, eliminate_batch, packed_col
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
 __all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
@@ -159,7 +159,8 @@ def cpu_plan(
     bottom, chunk_ptr, task_chunk, u_off = bottom_groups(nodes, node_task[nodes], height[nodes], s, m, len(root))
     batch_u = np.full(nn, -1, dtype=np.int64)
     batch_u[bottom] = u_off[:-1]
-    dims = (int((m * s)[bottom].max()), int((r**2)[bottom].max()), int(s[bottom].max())) if len(bottom) else (1, 1, 1)
+    rb = r[bottom]  # batched updates are packed lower triangles
+    dims = (int((m * s)[bottom].max()), int((rb * (rb + 1) // 2).max()), int(s[bottom].max())) if len(bottom) else (1, 1, 1)
     # matrix entries as 32-bit (source, destination) pairs: a third of the index traffic of (src, p, q)
     node_of = np.repeat(np.arange(nn), np.diff(tr.asm_ptr))
     asm_dst = (tr.asm_p + tr.asm_q * m[node_of]).astype(np.int32)
@@ -295,7 +296,7 @@ def _extend_add(uc, rc, ra, rq, b_lo, b_hi, lp, mp, sp, up, packed):
         while ra[jb + 1] <= b:
             jb += 1
         qb = rq[jb] + b - ra[jb]
-        base = b * rc - (b * (b + 1) // 2 if packed else 0)
+        base = packed_col(b, rc) if packed else b * rc
         if qb < sp:  # a pivot column of the parent
             dst, col = lp, qb * mp
         else:
@@ -316,7 +317,7 @@ def _extend_add_map(uc, rc, pos, b_lo, b_hi, lp, mp, sp, up, packed):
     rp = mp - sp
     for b in range(b_lo, b_hi):
         qb = pos[b]
-        base = b * rc - (b * (b + 1) // 2 if packed else 0)
+        base = packed_col(b, rc) if packed else b * rc
         if qb < sp:
             col = qb * mp
             for a in range(b, rc):

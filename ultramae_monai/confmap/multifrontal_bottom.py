@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["CHUNK", "bottom_groups", "eliminate_batch"]
+__all__ = ["CHUNK", "bottom_groups", "eliminate_batch", "packed_col"]
 
 CHUNK = 64  # leaves per interleaved block: F (m * s x CHUNK floats) stays in L2 for the leaf sizes used
 
@@ -53,6 +53,13 @@ def bottom_groups(
     return lv.astype(np.int64), chunk_ptr.astype(np.int64), task_chunk, u_off
 
 
+@nb.njit(cache=True, nogil=True)
+def packed_col(b, r):
+    """Offset of column ``b`` of an ``r x r`` lower triangle packed by columns (entry ``(a, b)`` at
+    ``packed_col(b, r) + a``, ``a >= b``): the layout of every update a batched front passes up."""
+    return b * r - b * (b + 1) // 2
+
+
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _add_child(uc, rc, pos, b_lo, b_hi, fw, uw, i, m, s):
     """Add columns ``b_lo:b_hi`` of a child's packed update ``uc`` into interleaved front ``i``: pivot
@@ -66,14 +73,13 @@ def _add_child(uc, rc, pos, b_lo, b_hi, fw, uw, i, m, s):
     r = m - s
     for b in range(b_lo, b_hi):
         qb = pos[b]
-        base = b * rc - b * (b + 1) // 2
+        base = packed_col(b, rc)
         if qb < s:
             col = qb * m
             for a in range(b, rc):
                 fw[col + pos[a], i] += uc[base + a]
         else:
-            cb = qb - s
-            col = cb * r - cb * (cb + 1) // 2 - s
+            col = packed_col(qb - s, r) - s
             for a in range(b, rc):
                 uw[col + pos[a], i] += uc[base + a]
 
@@ -89,7 +95,7 @@ def eliminate_batch(
     path: their parts in the pivot columns before the elimination, the rest after it. Factor columns go
     to ``lbuf[l_ptr[k]:]``, updates to ``ubuf[u_at[k]:]`` (the lower triangle of the ``r x r`` update,
     packed column by column: entry ``(a, b)``, ``a >= b``, at ``b r - b (b + 1) / 2 + a``). ``fw``, ``uw``,
-    ``zw``, ``vw``: interleaved scratch of at least ``(m * s, CHUNK)``, ``(r * r, CHUNK)``, ``(s, CHUNK)``
+    ``zw``, ``vw``: interleaved scratch of at least ``(m * s, CHUNK)``, ``(r (r + 1) / 2, CHUNK)``, ``(s, CHUNK)``
     and ``(3, CHUNK)``.
     """
     c = hi - lo
@@ -147,7 +153,7 @@ def eliminate_batch(
             if gth:
                 zw[j, i] = exj[i] * inv[i]
     for a in range(r):  # update: lower triangle of -L21 L21^T, column a, packed
-        col = a * r - a * (a + 1) // 2
+        col = packed_col(a, r)
         for b in range(a, r):
             q = col + b
             for i in range(c):
