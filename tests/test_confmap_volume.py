@@ -10,9 +10,10 @@ import pytest
 
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_offsets, edge_weights, normalize
+from ultramae_monai.confmap.multifrontal_blas import CpuFactor
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
 from ultramae_monai.confmap.system import assemble_csr
-from ultramae_monai.confmap.volume_solver import factor_slices, solve_volume, split_slices
+from ultramae_monai.confmap.volume_solver import factor_slices, slice_matvec, solve_volume, split_slices
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 
@@ -75,27 +76,43 @@ def test_resect_crop_equals_direct(resect_crop: np.ndarray, preconditioner: str,
 
 
 def test_mixed_slice_factors_solve_like_exact_ones(resect_crop: np.ndarray) -> None:
-    """float32 slice factors with refined block solves: the same block inverse to ~1e-11, half the bytes."""
+    """float32 slice factors: one float32 solve is the exact block inverse to ~1e-6, in half the bytes."""
     split = split_slices(_system(resect_crop)[0], resect_crop.shape)
     shape = resect_crop.shape[:2]
     exact, mixed = factor_slices(split.coef, shape, 4), factor_slices(split.coef, shape, 4, precision="mixed")
-    assert all(c is not None for c in mixed.coefs) and mixed.nbytes < exact.nbytes
+    assert all(isinstance(f, CpuFactor) for f in mixed.chunks) and mixed.nbytes < exact.nbytes
     rhs = np.random.default_rng(0).random(split.coef.shape[:2])
     out_e, out_m = np.zeros_like(rhs), np.zeros_like(rhs)
     every = np.arange(rhs.shape[0])
     exact.solve(rhs, out_e, every)
     mixed.solve(rhs, out_m, every)
-    assert np.abs(out_m - out_e).max() <= 1e-10 * np.abs(out_e).max()
+    err = np.abs(out_m - out_e).max() / np.abs(out_e).max()
+    assert 0.0 < err <= 1e-5  # float32, not float64, and still close
     with pytest.raises(InvalidInputError, match="precision"):
         factor_slices(split.coef, shape, 4, precision="half")
 
 
-def test_uncoupled_identical_slices_one_iteration_equal_2d(resect_crop: np.ndarray) -> None:
+def test_slice_matvec_equals_grid_matrix() -> None:
+    """The slice-major product (stencils minus couplings) is the grid matrix's, permuted."""
+    shape = (9, 7, 8)
+    for connectivity in (6, 10, 14):
+        mat, _ = _random_system(shape, connectivity, seed=3)
+        split = split_slices(mat, shape)
+        x = np.random.default_rng(1).random(mat.shape[0])
+        to_slices = np.arange(x.size).reshape(shape).transpose(2, 0, 1).ravel()
+        got = slice_matvec(split, shape[:2])(x[to_slices])
+        np.testing.assert_allclose(got, (mat @ x)[to_slices], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("precision", "steps"), [("exact", 1), ("mixed", 3)])
+def test_uncoupled_identical_slices_equal_2d(resect_crop: np.ndarray, precision: str, steps: int) -> None:
+    """No edges across slices: exact slice factors are the exact inverse (one step); float32 ones are
+    within ~1e-6 of it, so CG needs a few steps and lands on the same map."""
     image = resect_crop[:, :, 0]
     vol = np.repeat(image[:, :, None], 5, axis=2)
     mat, b = _system(vol, drop_d=True)
-    x, info = solve_volume(mat, b, vol.shape, tol=1e-12)
-    assert info.iterations == 1
+    x, info = solve_volume(mat, b, vol.shape, tol=1e-12, precision=precision)
+    assert 1 <= info.iterations <= steps
     mat2, b2 = _system(image)
     ref = solve_direct(mat2, b2, image.shape).reshape(image.shape)
     assert np.abs(x.reshape(vol.shape) - ref[:, :, None]).max() <= 1e-9

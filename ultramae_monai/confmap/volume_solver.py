@@ -21,13 +21,14 @@ and whatever joins different slices goes into ``N``.
 
 ``precision="mixed"`` factorises the slices with the CPU float32 multifrontal Cholesky with row-sum
 pivots (:mod:`.multifrontal_blas`; the slice blocks are random-walk Laplacians, the D edges adding to
-their row sums) and refines every block solve to float64 by CG (:mod:`.refine`), to a relative 1e-12,
-so the preconditioner is the same linear operator as with exact slice factors in half the memory
-(0.42 vs 0.88 GB per 32 slices of 256 x 256). It is not faster: measured on 256 x 256 RESECT slices, its
-factorisation took 0.74x the time of the exact one, but a block solve (three float32 solves) 1.35x, and
-CG does ~100 of them. So ``"exact"`` (float64 factors of :mod:`.multifrontal`) is the default and
-``"mixed"`` the choice when memory is short. The outer CG is the flexible (Polak-Ribiere) variant, so
-block solves that are exact only to ~1e-12 cannot stall it.
+their row sums) and applies each block inverse as one float32 solve. The outer CG stays float64
+(residuals, matrix products, iterates), so the answer is as exact as with float64 factors: a float32
+solve is within ~1e-6 relative of the exact block inverse, far closer than the sweep itself is to
+``A^-1``, and the flexible CG absorbs the difference (same iteration counts, measured). Half the memory
+and traffic of float64 factors, which is what an iteration is bound by (see ``docs/benchmarks.md``).
+The outer CG is the flexible (Polak-Ribiere) variant, so block solves that are not exactly linear
+cannot stall it. Matrix products use the slice stencils and the coupling directly (slice-major, no
+permutation of the full matrix).
 """
 
 from __future__ import annotations
@@ -39,16 +40,24 @@ import scipy.sparse as sp
 import torch
 
 from ultramae_monai.confmap.multifrontal import MultifrontalFactor, csr_to_stencil, factorize, solve_factored
-from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu
+from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, solve_cpu
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
-from ultramae_monai.confmap.refine import pcg_refine
+from ultramae_monai.confmap.refine import matvec_9pt
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
-__all__ = ["PRECISIONS", "PRECONDITIONERS", "SliceFactors", "SliceSplit", "factor_slices", "solve_volume", "split_slices"]
+__all__ = [
+    "PRECISIONS",
+    "PRECONDITIONERS",
+    "SliceFactors",
+    "SliceSplit",
+    "factor_slices",
+    "slice_matvec",
+    "solve_volume",
+    "split_slices",
+]
 
 PRECONDITIONERS = ("sgs", "jacobi", "sgs-coarse")
 PRECISIONS = ("mixed", "exact")
-BLOCK_RTOL = 1e-12  # relative accuracy of a mixed-precision block solve (3 float32 solves)
 _ROW_CHUNK = 1 << 21  # CSR rows converted per pass when splitting (bounds the int64 temporaries)
 
 
@@ -104,13 +113,11 @@ def split_slices(mat: sp.csr_matrix, shape: tuple[int, int, int]) -> SliceSplit:
 @dataclass
 class SliceFactors:
     """Factors of the slice blocks: ``chunks[k]`` factorises slices ``index[k]`` together, either exactly
-    (float64 :class:`MultifrontalFactor`) or in float32 (:class:`CpuFactor`, whose solves are refined by
-    CG on the chunk's stencils ``coefs[k]``)."""
+    (float64 :class:`MultifrontalFactor`) or in float32 (:class:`CpuFactor`, one float32 solve per block)."""
 
     shape: tuple[int, int]
     index: list[np.ndarray]
     chunks: list[MultifrontalFactor | CpuFactor]
-    coefs: list[np.ndarray | None]
 
     @property
     def nbytes(self) -> int:
@@ -130,17 +137,29 @@ class SliceFactors:
         """``out[d] = S_d^-1 rhs[d]`` for the slices ``d`` in ``slices`` (those factored, in chunk groups)."""
         wanted = np.zeros(out.shape[0], dtype=bool)
         wanted[slices] = True
-        for idx, f, coef in zip(self.index, self.chunks, self.coefs, strict=True):
+        for idx, f in zip(self.index, self.chunks, strict=True):
             if not wanted[idx].all():
                 continue
-            if coef is None:
+            if isinstance(f, CpuFactor):
+                out[idx] = solve_cpu(f, rhs[idx])
+            else:
                 out[idx] = solve_factored(f, torch.from_numpy(np.ascontiguousarray(rhs[idx]))).numpy()
-                continue
-            r = np.ascontiguousarray(rhs[idx])
-            x, info = pcg_refine(coef, r, self.shape, f.precondition, atol=0.0, rtol=BLOCK_RTOL)
-            if not info.converged:
-                raise ConvergenceError(f"float32-preconditioned slice solve stopped at error {info.error:.1e}")
-            out[idx] = x
+
+
+def slice_matvec(split: SliceSplit, shape: tuple[int, int]):
+    """``x -> A x`` for slice-major float64 vectors: ``S x`` from the slice stencils, minus ``N x``.
+
+    The grid matrix itself is C-ordered ``(H, W, D)``; multiplying it would permute two vectors of the
+    whole volume per product (a third of a CG iteration at 128 x 128 x 144, measured).
+    """
+    depth, n2, _ = split.coef.shape
+
+    def apply(xs: np.ndarray) -> np.ndarray:
+        out = matvec_9pt(split.coef, xs.reshape(depth, n2), shape).reshape(-1)
+        out -= split.coupling @ xs
+        return out
+
+    return apply
 
 
 def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, precision: str = "exact") -> SliceFactors:
@@ -152,7 +171,7 @@ def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, pre
     if precision not in PRECISIONS:
         raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     depth = coef.shape[0]
-    index, chunks, coefs = [], [], []
+    index, chunks = [], []
     for parity in (0, 1):
         ids = np.arange(parity, depth, 2)
         for k in range(0, len(ids), chunk):
@@ -161,8 +180,7 @@ def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, pre
             factor = factorize_cpu(block, shape) if precision == "mixed" else None
             index.append(sel)
             chunks.append(factor if factor is not None else factorize(torch.from_numpy(block), shape))
-            coefs.append(block if factor is not None else None)
-    return SliceFactors(shape=shape, index=index, chunks=chunks, coefs=coefs)
+    return SliceFactors(shape=shape, index=index, chunks=chunks)
 
 
 def _preconditioner(factors: SliceFactors, coupling: sp.csr_matrix, depth: int, kind: str):
@@ -219,13 +237,13 @@ def solve_volume(
     x0: np.ndarray | None = None,
     preconditioner: str = "sgs",
     chunk: int = 16,
-    precision: str = "exact",
+    precision: str = "mixed",
 ) -> tuple[np.ndarray, SolveInfo]:
     """Solve the SPD ``(H, W, D)`` grid system ``mat x = b`` (C order, as from ``assemble_csr``) in float64.
 
     Stops when ``|b - A x| / |b| <= tol``; the default 1e-10 keeps the max abs error of a confidence map
     well below 1e-4 (the error is ~1e4 times the relative residual on RESECT volumes). ``x0`` warm-starts
-    CG. ``precision``: float32 slice factors with refined block solves (``"mixed"``) or float64 ones.
+    CG. ``precision``: float32 slice factors, one float32 solve per block (``"mixed"``), or float64 ones.
     Raises :class:`~ultramae_monai.errors.ConvergenceError` after ``max_iter`` iterations.
     """
     if len(shape) != 3:
@@ -237,12 +255,7 @@ def solve_volume(
     factors = factor_slices(split.coef, (h, w), chunk, precision)
     precond = _preconditioner(factors, split.coupling, depth, preconditioner.split("-")[0])
     to_slices = np.arange(h * w * depth).reshape(h, w, depth).transpose(2, 0, 1).ravel()
-    mat = sp.csr_matrix(mat)
-
-    def slice_mat(xs: np.ndarray) -> np.ndarray:
-        x = np.empty_like(xs)
-        x[to_slices] = xs
-        return (mat @ x)[to_slices]
+    slice_mat = slice_matvec(split, (h, w))
 
     if preconditioner == "sgs-coarse":
         precond = _collapsed_correction(split, (h, w), slice_mat, precond)
