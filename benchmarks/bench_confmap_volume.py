@@ -78,7 +78,12 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-10)
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=16)
-    p.add_argument("--precision", nargs="+", default=["exact"], help="slice factors: mixed (float32) or exact")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["mixed"],
+        help="slice factors: mixed (float32, the default) or exact (float64)",
+    )
     args = p.parse_args()
     torch.set_num_threads(2)
     precs = list(args.precond)
