@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -170,3 +173,30 @@ def test_public_api_slices_backend_equals_direct_and_auto_picks_by_size() -> Non
     assert resolve_backend("auto", 3, 50_000) == "direct"
     assert resolve_backend("auto", 3, 256 * 256 * 288) == "slices"
     assert resolve_backend("auto", 2) == "multifrontal"
+
+
+def test_progress_is_logged(resect_crop: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    """A full-size volume takes minutes: the factorisation and every 10th CG iteration are logged."""
+    mat, b = _system(resect_crop)
+    with caplog.at_level(logging.INFO, logger="ultramae_monai.confmap.volume_solver"):
+        _, info = solve_volume(mat, b, resect_crop.shape, tol=1e-12)
+    text = caplog.text
+    assert info.iterations >= 10
+    assert "12 slices factorised (mixed" in text and "CG iteration 10: relative residual" in text
+    assert f"{info.iterations} CG iterations in" in text
+
+
+def test_cli_shows_3d_progress(resect_crop: np.ndarray, tmp_path: Path) -> None:
+    """``ultramae confmap`` on a volume prints the solver's progress on stderr and writes the map."""
+    src = tmp_path / "crop.nii.gz"
+    nib.save(nib.Nifti1Image(resect_crop.astype(np.float32), np.eye(4)), str(src))
+    out = tmp_path / "map.npy"
+    run = subprocess.run(
+        [sys.executable, "-m", "ultramae_monai.cli", "confmap", str(src), str(out), "--backend=slices"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "ultramae confmap: 3D confidence map 24x16x12" in run.stderr
+    assert "ultramae confmap: CG iteration 10" in run.stderr
+    cmap = np.load(out)
+    assert cmap.shape == (1, *resect_crop.shape) and 0.0 <= cmap.min() and cmap.max() <= 1.0

@@ -3,11 +3,16 @@
 Any input the project reads (DICOM, video, PNG/JPEG, NIfTI/NRRD/MHA) becomes a float32 map written by
 OUT's suffix: ``.npy`` (the channel-first array), ``.nii.gz`` (spatial axes, cine frames last, with the
 input's affine) or ``.png`` (stills only, 8-bit ``round(255 * map)``). A folder SRC maps every supported
-file to ``OUT/<name><fmt>``; cines and folders show a progress bar.
+file to ``OUT/<name><fmt>``; cines and folders show a progress bar, a 3D volume its solver's progress
+(every 10th CG iteration) on stderr.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
@@ -61,6 +66,25 @@ def write_map(cmap: MetaTensor, out: str | PathLike) -> Path:
     return out
 
 
+@contextmanager
+def _solver_progress() -> Iterator[None]:
+    """Show the confidence-map solvers' INFO lines (a 3D volume's CG progress: minutes at full size) on
+    stderr while the CLI runs, unless the caller has configured logging for them already."""
+    log = logging.getLogger("ultramae_monai.confmap")
+    if log.handlers or log.level != logging.NOTSET or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ultramae confmap: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+
+
 def _map_file(src: Path, transform: UltrasoundConfidenceMap, show_frames: bool) -> MetaTensor:
     img = load_ultrasound(src)
     if img.meta.get(MetaKeys.KIND) == KIND_CINE and show_frames:
@@ -92,7 +116,8 @@ def confmap(
     if not src.exists():
         raise InvalidInputError("no such file or folder", src)
     if src.is_file():
-        return [str(write_map(_map_file(src, transform, True), out))]
+        with _solver_progress():
+            return [str(write_map(_map_file(src, transform, True), out))]
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.name.lower().endswith(_SRC_SUFFIXES))
     if not files:
         raise InvalidInputError(f"no supported ultrasound files ({', '.join(SUPPORTED_SUFFIXES)})", src)

@@ -33,6 +33,8 @@ permutation of the full matrix).
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +58,10 @@ __all__ = [
     "split_slices",
 ]
 
+logger = logging.getLogger(__name__)
+
 PRECONDITIONERS = ("sgs", "jacobi", "sgs-coarse")
+LOG_EVERY = 10  # CG iterations between progress lines: a full-size volume takes minutes
 PRECISIONS = ("mixed", "exact")
 _ROW_CHUNK = 1 << 21  # CSR rows converted per pass when splitting (bounds the int64 temporaries)
 
@@ -251,8 +256,13 @@ def solve_volume(
     if preconditioner not in PRECONDITIONERS:
         raise InvalidInputError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
     h, w, depth = (int(s) for s in shape)
+    t0 = time.perf_counter()
     split = split_slices(mat, (h, w, depth))
     factors = factor_slices(split.coef, (h, w), chunk, precision)
+    logger.info(
+        "3D confidence map %dx%dx%d: %d slices factorised (%s, %.2f GB) in %.1f s; CG to relative residual %.0e",
+        h, w, depth, depth, precision, factors.nbytes / 1e9, time.perf_counter() - t0, tol,
+    )  # fmt: skip
     precond = _preconditioner(factors, split.coupling, depth, preconditioner.split("-")[0])
     to_slices = np.arange(h * w * depth).reshape(h, w, depth).transpose(2, 0, 1).ravel()
     slice_mat = slice_matvec(split, (h, w))
@@ -261,7 +271,9 @@ def solve_volume(
         precond = _collapsed_correction(split, (h, w), slice_mat, precond)
     bs = np.asarray(b, dtype=np.float64)[to_slices]
     xs = np.zeros_like(bs) if x0 is None else np.asarray(x0, dtype=np.float64).ravel()[to_slices]
-    xs, info = _pcg(slice_mat, precond, bs, xs, tol, max_iter)
+    t0 = time.perf_counter()
+    xs, info = _pcg(slice_mat, precond, bs, xs, tol, max_iter, log_every=LOG_EVERY)
+    logger.info("3D confidence map: %d CG iterations in %.1f s", info.iterations, time.perf_counter() - t0)
     if not info.residual <= tol:
         raise ConvergenceError(
             f"slice-preconditioned CG stopped after {info.iterations} iterations at relative residual "
@@ -272,8 +284,11 @@ def solve_volume(
     return x, info
 
 
-def _pcg(matvec, precond, b: np.ndarray, x: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, SolveInfo]:
-    """Flexible preconditioned conjugate gradients in float64 from ``x``; residual recomputed at the end."""
+def _pcg(
+    matvec, precond, b: np.ndarray, x: np.ndarray, tol: float, max_iter: int, log_every: int = 0
+) -> tuple[np.ndarray, SolveInfo]:
+    """Flexible preconditioned conjugate gradients in float64 from ``x``; residual recomputed at the end.
+    Every ``log_every`` iterations (0: never) the relative residual is logged at INFO."""
     bnorm = float(np.linalg.norm(b))
     if bnorm == 0.0:
         return np.zeros_like(b), SolveInfo(iterations=0, residual=0.0)
@@ -292,6 +307,8 @@ def _pcg(matvec, precond, b: np.ndarray, x: np.ndarray, tol: float, max_iter: in
         x += alpha * p
         r -= alpha * q
         res = float(np.linalg.norm(r)) / bnorm
+        if log_every and it % log_every == 0:
+            logger.info("CG iteration %d: relative residual %.2e (stops at %.0e)", it, res, tol)
         if res <= tol:
             break
         z_old = z
