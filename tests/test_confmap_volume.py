@@ -82,7 +82,7 @@ def test_mixed_slice_factors_solve_like_exact_ones(resect_crop: np.ndarray) -> N
     """float32 slice factors: one float32 solve is the exact block inverse to ~1e-6, in half the bytes."""
     split = split_slices(_system(resect_crop)[0], resect_crop.shape)
     shape = resect_crop.shape[:2]
-    exact, mixed = factor_slices(split.coef, shape, 4), factor_slices(split.coef, shape, 4, precision="mixed")
+    exact, mixed = factor_slices(split.coef, shape, 4, precision="exact"), factor_slices(split.coef, shape, 4)
     assert all(isinstance(f, CpuFactor) for f in mixed.chunks) and mixed.nbytes < exact.nbytes
     rhs = np.random.default_rng(0).random(split.coef.shape[:2])
     out_e, out_m = np.zeros_like(rhs), np.zeros_like(rhs)
@@ -200,3 +200,24 @@ def test_cli_shows_3d_progress(resect_crop: np.ndarray, tmp_path: Path) -> None:
     assert "ultramae confmap: CG iteration 10" in run.stderr
     cmap = np.load(out)
     assert cmap.shape == (1, *resect_crop.shape) and 0.0 <= cmap.min() and cmap.max() <= 1.0
+
+
+def test_mixed_falls_back_to_exact_factors_per_chunk(resect_crop: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk whose float32 factorisation meets a non-positive pivot is factorised in float64 instead,
+    and the volume still solves exactly."""
+    import ultramae_monai.confmap.volume_solver as vs
+
+    real, calls = vs.factorize_cpu, []
+
+    def flaky(coef: np.ndarray, shape: tuple[int, int]) -> CpuFactor | None:
+        calls.append(coef.shape[0])
+        return None if len(calls) % 3 == 1 else real(coef, shape)  # every third chunk "fails", the first one too
+
+    monkeypatch.setattr(vs, "factorize_cpu", flaky)
+    mat, b = _system(resect_crop)
+    split = split_slices(mat, resect_crop.shape)
+    factors = factor_slices(split.coef, resect_crop.shape[:2], 4)
+    kinds = [isinstance(f, CpuFactor) for f in factors.chunks]
+    assert kinds == [k % 3 != 0 for k in range(len(kinds))] and len(kinds) >= 3
+    x, info = solve_volume(mat, b, resect_crop.shape, tol=1e-12, chunk=4)
+    assert np.abs(x - solve_direct(mat, b, resect_crop.shape)).max() <= 1e-6 and info.residual <= 1e-12

@@ -167,7 +167,7 @@ def slice_matvec(split: SliceSplit, shape: tuple[int, int]):
     return apply
 
 
-def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, precision: str = "exact") -> SliceFactors:
+def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, precision: str = "mixed") -> SliceFactors:
     """Factorise every slice block, even slices and odd slices in separate chunks (red-black sweeps).
 
     With ``precision="mixed"`` a chunk whose float32 factorisation meets a non-positive pivot is
