@@ -16,7 +16,14 @@ from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_offsets,
 from ultramae_monai.confmap.multifrontal_blas import CpuFactor
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
 from ultramae_monai.confmap.system import assemble_csr
-from ultramae_monai.confmap.volume_solver import factor_slices, slice_matvec, solve_volume, split_slices
+from ultramae_monai.confmap.volume_solver import (
+    factor_slices,
+    slice_matvec,
+    slice_system,
+    solve_slices,
+    solve_volume,
+    split_slices,
+)
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 
@@ -221,3 +228,35 @@ def test_mixed_falls_back_to_exact_factors_per_chunk(resect_crop: np.ndarray, mo
     assert kinds == [k % 3 != 0 for k in range(len(kinds))] and len(kinds) >= 3
     x, info = solve_volume(mat, b, resect_crop.shape, tol=1e-12, chunk=4)
     assert np.abs(x - solve_direct(mat, b, resect_crop.shape)).max() <= 1e-6 and info.residual <= 1e-12
+
+
+@pytest.mark.parametrize("connectivity", [6, 10, 14])
+def test_slice_system_equals_split_grid_matrix(connectivity: int) -> None:
+    """Built straight from the weights, the split system is the grid matrix's, seeds and field of view
+    included (identity rows, couplings to seeds on the right-hand side)."""
+    shape = (9, 7, 8)
+    rng = np.random.default_rng(connectivity)
+    offsets = edge_offsets(3, connectivity)
+    idx = np.indices(shape)
+    weights = []
+    for off in offsets:
+        on = np.ones(shape, dtype=bool)
+        for ax, o in enumerate(off):
+            on &= (idx[ax] + o >= 0) & (idx[ax] + o < shape[ax])
+        weights.append(np.where(on & (rng.random(shape) > 0.1), 10.0 ** rng.uniform(-5, 0, shape), 0.0))
+    fixed = rng.random(shape) < 0.1
+    fixed[0] = True
+    seeds = Seeds(fixed=fixed, value=np.where(fixed, rng.random(shape), 0.0))
+    fov = rng.random(shape) > 0.15
+    ew = EdgeWeights(offsets, tuple(weights))
+    mat, b, _ = assemble_csr(ew, seeds, fov)
+    ref = split_slices(mat, shape)
+    split, b2 = slice_system(ew, seeds, fov)
+    np.testing.assert_array_equal(b2, b)
+    np.testing.assert_allclose(split.coef, ref.coef, rtol=1e-15, atol=0)
+    assert abs(split.coupling - ref.coupling).max() == 0.0
+    assert split.coupling.nnz == ref.coupling.nnz > 0
+    x, _ = solve_slices(split, b2, shape, tol=1e-13)
+    np.testing.assert_allclose(x, solve_direct(mat, b, shape), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="do not match"):
+        solve_slices(split, b2, (9, 7, 4))

@@ -41,10 +41,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
 from ultramae_monai.confmap.multifrontal import MultifrontalFactor, csr_to_stencil, factorize, solve_factored
 from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, solve_cpu
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
 from ultramae_monai.confmap.refine import matvec_9pt
+from ultramae_monai.confmap.seeds import Seeds
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "SliceSplit",
     "factor_slices",
     "slice_matvec",
+    "slice_system",
+    "solve_slices",
     "solve_volume",
     "split_slices",
 ]
@@ -113,6 +117,52 @@ def split_slices(mat: sp.csr_matrix, shape: tuple[int, int, int]) -> SliceSplit:
         off_v.append(-vals[across])
     coupling = sp.csr_matrix((np.concatenate(off_v), (np.concatenate(off_r), np.concatenate(off_c))), shape=(n, n))
     return SliceSplit(coef=coef, coupling=coupling)
+
+
+def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None) -> tuple[SliceSplit, np.ndarray]:
+    """The split system of a volume straight from its edge weights: ``split_slices(assemble_csr(...))``
+    without the grid matrix (``b`` C-ordered, as from :func:`~ultramae_monai.confmap.system.assemble_csr`).
+
+    Same equations (seeds and nodes outside ``fov`` keep identity rows), but a 256 x 256 x 288 volume's
+    CSR matrix (208M entries) and the COO arrays it is built from are never formed: that was the peak
+    memory of a full-size 3D map.
+    """
+    shape = weights.weights[0].shape
+    if len(shape) != 3:
+        raise InvalidInputError(f"slice_system needs 3D (H, W, D) weights, got shape {shape}")
+    h, w, depth = shape
+    n2 = h * w
+    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    free = ~fixed
+    coef = np.zeros((depth, h, w, 9))
+    grid = coef.transpose(1, 2, 0, 3)  # (H, W, D, 9) view: written in the weights' layout
+    deg, rhs = np.zeros(shape), np.zeros(shape)
+    sm = (np.arange(depth)[None, None, :] * n2 + np.arange(n2).reshape(h, w)[:, :, None]).astype(np.int64)
+    rows, cols, vals = [], [], []
+    for off, wk in zip(weights.offsets, weights.weights, strict=False):
+        a, b = pair_slices(shape, off)
+        wa = wk[a]
+        deg[a] += wa
+        deg[b] += wa
+        rhs[a] += np.where(free[a] & fixed[b], wa * seeds.value[b], 0.0)
+        rhs[b] += np.where(free[b] & fixed[a], wa * seeds.value[a], 0.0)
+        keep = free[a] & free[b]
+        if off[2] == 0:  # in-slice: both stencil rows
+            grid[(*a, (off[0] + 1) * 3 + off[1] + 1)] -= np.where(keep, wa, 0.0)
+            grid[(*b, (1 - off[0]) * 3 + 1 - off[1])] -= np.where(keep, wa, 0.0)
+            continue
+        keep &= wa != 0
+        ia, ib, v = sm[a][keep], sm[b][keep], wa[keep]  # N holds the couplings' magnitudes (A = S - N)
+        rows += [ia, ib]
+        cols += [ib, ia]
+        vals += [v, v]
+    grid[..., 4] = np.where(free, deg, 1.0)
+    n = n2 * depth
+    coupling = sp.csr_matrix(
+        (np.concatenate(vals or [np.zeros(0)]), (np.concatenate(rows or [np.zeros(0, np.int64)]),
+         np.concatenate(cols or [np.zeros(0, np.int64)]))), shape=(n, n),
+    )  # fmt: skip
+    return SliceSplit(coef=coef.reshape(depth, n2, 9), coupling=coupling), np.where(free, rhs, 0.0).ravel()
 
 
 @dataclass
@@ -249,15 +299,35 @@ def solve_volume(
     Stops when ``|b - A x| / |b| <= tol``; the default 1e-10 keeps the max abs error of a confidence map
     well below 1e-4 (the error is ~1e4 times the relative residual on RESECT volumes). ``x0`` warm-starts
     CG. ``precision``: float32 slice factors, one float32 solve per block (``"mixed"``), or float64 ones.
-    Raises :class:`~ultramae_monai.errors.ConvergenceError` after ``max_iter`` iterations.
+    Raises :class:`~ultramae_monai.errors.ConvergenceError` after ``max_iter`` iterations. A confidence
+    map's system can skip the matrix: :func:`slice_system` and :func:`solve_slices`.
     """
     if len(shape) != 3:
         raise InvalidInputError(f"solve_volume needs a 3D grid shape, got {shape}")
+    split = split_slices(mat, tuple(int(s) for s in shape))
+    return solve_slices(split, b, shape, tol, max_iter, x0, preconditioner, chunk, precision)
+
+
+def solve_slices(
+    split: SliceSplit,
+    b: np.ndarray,
+    shape: tuple[int, int, int],
+    tol: float = 1e-10,
+    max_iter: int = 500,
+    x0: np.ndarray | None = None,
+    preconditioner: str = "sgs",
+    chunk: int = 16,
+    precision: str = "mixed",
+) -> tuple[np.ndarray, SolveInfo]:
+    """:func:`solve_volume` for a system already split into slices (``b``, ``x0`` and the result in C order)."""
+    if len(shape) != 3:
+        raise InvalidInputError(f"solve_slices needs a 3D grid shape, got {shape}")
     if preconditioner not in PRECONDITIONERS:
         raise InvalidInputError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
     h, w, depth = (int(s) for s in shape)
+    if split.coef.shape != (depth, h * w, 9):
+        raise InvalidInputError(f"slice stencils of shape {split.coef.shape} do not match a {h}x{w}x{depth} grid")
     t0 = time.perf_counter()
-    split = split_slices(mat, (h, w, depth))
     factors = factor_slices(split.coef, (h, w), chunk, precision)
     logger.info(
         "3D confidence map %dx%dx%d: %d slices factorised (%s, %.2f GB) in %.1f s; CG to relative residual %.0e",
