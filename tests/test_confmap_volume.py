@@ -20,7 +20,6 @@ from ultramae_monai.confmap.volume_solver import (
     factor_slices,
     slice_matvec,
     slice_system,
-    solve_slices,
     solve_volume,
     split_slices,
 )
@@ -42,8 +41,11 @@ def _system(image: np.ndarray, connectivity: int | None = None, drop_d: bool = F
     return mat, b
 
 
-def _random_system(shape: tuple[int, int, int], connectivity: int, seed: int):
-    """Log-uniform weights 1e-5..1 (a random-conductance medium) and random Dirichlet nodes."""
+def _random_graph(
+    shape: tuple[int, int, int], connectivity: int, seed: int, cut: float = 0.0, fixed_frac: float = 0.05
+) -> tuple[EdgeWeights, Seeds, np.random.Generator]:
+    """Log-uniform weights 1e-5..1 (a random-conductance medium; a fraction ``cut`` of edges removed) and
+    random Dirichlet nodes (the first beam row included)."""
     rng = np.random.default_rng(seed)
     offsets = edge_offsets(3, connectivity)
     idx = np.indices(shape)
@@ -52,11 +54,15 @@ def _random_system(shape: tuple[int, int, int], connectivity: int, seed: int):
         on = np.ones(shape, dtype=bool)
         for ax, o in enumerate(off):
             on &= (idx[ax] + o >= 0) & (idx[ax] + o < shape[ax])
-        weights.append(np.where(on, 10.0 ** rng.uniform(-5, 0, shape), 0.0))
-    fixed = rng.random(shape) < 0.05
+        weights.append(np.where(on & (rng.random(shape) >= cut), 10.0 ** rng.uniform(-5, 0, shape), 0.0))
+    fixed = rng.random(shape) < fixed_frac
     fixed[0] = True
-    value = np.where(fixed, rng.random(shape), 0.0)
-    return assemble_csr(EdgeWeights(offsets, tuple(weights)), Seeds(fixed=fixed, value=value))[:2]
+    return EdgeWeights(offsets, tuple(weights)), Seeds(fixed=fixed, value=np.where(fixed, rng.random(shape), 0.0)), rng
+
+
+def _random_system(shape: tuple[int, int, int], connectivity: int, seed: int):
+    ew, seeds, _ = _random_graph(shape, connectivity, seed)
+    return assemble_csr(ew, seeds)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -235,20 +241,8 @@ def test_slice_system_equals_split_grid_matrix(connectivity: int) -> None:
     """Built straight from the weights, the split system is the grid matrix's, seeds and field of view
     included (identity rows, couplings to seeds on the right-hand side)."""
     shape = (9, 7, 8)
-    rng = np.random.default_rng(connectivity)
-    offsets = edge_offsets(3, connectivity)
-    idx = np.indices(shape)
-    weights = []
-    for off in offsets:
-        on = np.ones(shape, dtype=bool)
-        for ax, o in enumerate(off):
-            on &= (idx[ax] + o >= 0) & (idx[ax] + o < shape[ax])
-        weights.append(np.where(on & (rng.random(shape) > 0.1), 10.0 ** rng.uniform(-5, 0, shape), 0.0))
-    fixed = rng.random(shape) < 0.1
-    fixed[0] = True
-    seeds = Seeds(fixed=fixed, value=np.where(fixed, rng.random(shape), 0.0))
+    ew, seeds, rng = _random_graph(shape, connectivity, seed=connectivity, cut=0.1, fixed_frac=0.1)
     fov = rng.random(shape) > 0.15
-    ew = EdgeWeights(offsets, tuple(weights))
     mat, b, _ = assemble_csr(ew, seeds, fov)
     ref = split_slices(mat, shape)
     split, b2 = slice_system(ew, seeds, fov)
@@ -256,7 +250,7 @@ def test_slice_system_equals_split_grid_matrix(connectivity: int) -> None:
     np.testing.assert_allclose(split.coef, ref.coef, rtol=1e-15, atol=0)
     assert abs(split.coupling - ref.coupling).max() == 0.0
     assert split.coupling.nnz == ref.coupling.nnz > 0
-    x, _ = solve_slices(split, b2, shape, tol=1e-13)
+    x, _ = solve_volume(split, b2, shape, tol=1e-13)
     np.testing.assert_allclose(x, solve_direct(mat, b, shape), atol=1e-6)
     with pytest.raises(InvalidInputError, match="do not match"):
-        solve_slices(split, b2, (9, 7, 4))
+        solve_volume(split, b2, (9, 7, 4))

@@ -36,7 +36,7 @@ from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg
 from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
-from ultramae_monai.confmap.volume_solver import slice_system, solve_slices
+from ultramae_monai.confmap.volume_solver import slice_system, solve_volume
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
@@ -243,7 +243,7 @@ def solve_confidence_map(
     elif backend == "slices":
         split, b = slice_system(weights, seeds, fov)  # no grid matrix: it was the peak memory at full size
         start = None if x0 is None or x0.shape != image.shape else x0.ravel()
-        x, info = solve_slices(split, b, image.shape, tol=params.tol, max_iter=params.max_iter, x0=start)
+        x, info = solve_volume(split, b, image.shape, tol=params.tol, max_iter=params.max_iter, x0=start)
         x = x.reshape(image.shape)
     else:
         mat, b, _ = assemble_csr(weights, seeds, fov)

@@ -13,7 +13,23 @@ import scipy.sparse as sp
 from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
 from ultramae_monai.confmap.seeds import Seeds
 
-__all__ = ["assemble_csr"]
+__all__ = ["assemble_csr", "degrees_and_rhs"]
+
+
+def degrees_and_rhs(weights: EdgeWeights, seeds: Seeds, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's weighted degree (the diagonal of a free row) and the pull of its fixed neighbours,
+    ``sum w * value`` (the right-hand side of a free row; 0 on fixed nodes): shared by every assembly."""
+    shape = weights.weights[0].shape
+    free = ~fixed
+    deg, rhs = np.zeros(shape), np.zeros(shape)
+    for off, wk in zip(weights.offsets, weights.weights, strict=False):
+        a, b = pair_slices(shape, off)
+        wa = wk[a]
+        deg[a] += wa
+        deg[b] += wa
+        rhs[a] += np.where(free[a] & fixed[b], wa * seeds.value[b], 0.0)
+        rhs[b] += np.where(free[b] & fixed[a], wa * seeds.value[a], 0.0)
+    return deg, np.where(free, rhs, 0.0)
 
 
 def assemble_csr(
@@ -25,16 +41,11 @@ def assemble_csr(
     fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
     free = ~fixed
     idx = np.arange(n).reshape(shape)
-    deg = np.zeros(shape)
-    rhs = np.zeros(shape)
+    deg, rhs = degrees_and_rhs(weights, seeds, fixed)
     rows, cols, vals = [], [], []
     for off, wk in zip(weights.offsets, weights.weights, strict=False):
         a, b = pair_slices(shape, off)
         wa = wk[a]
-        deg[a] += wa
-        deg[b] += wa
-        rhs[a] += np.where(free[a] & fixed[b], wa * seeds.value[b], 0.0)
-        rhs[b] += np.where(free[b] & fixed[a], wa * seeds.value[a], 0.0)
         keep = free[a] & free[b] & (wa != 0)
         ia, ib, v = idx[a][keep], idx[b][keep], -wa[keep]
         rows += [ia, ib]
@@ -45,5 +56,4 @@ def assemble_csr(
     cols.append(idx.ravel())
     vals.append(diag)
     mat = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    b_vec = np.where(free, rhs, 0.0).ravel()
-    return mat, b_vec, fixed.ravel()
+    return mat, rhs.ravel(), fixed.ravel()

@@ -47,6 +47,7 @@ from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, s
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
 from ultramae_monai.confmap.refine import matvec_9pt
 from ultramae_monai.confmap.seeds import Seeds
+from ultramae_monai.confmap.system import degrees_and_rhs
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "factor_slices",
     "slice_matvec",
     "slice_system",
-    "solve_slices",
     "solve_volume",
     "split_slices",
 ]
@@ -134,18 +134,14 @@ def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = No
     n2 = h * w
     fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
     free = ~fixed
+    deg, rhs = degrees_and_rhs(weights, seeds, fixed)
     coef = np.zeros((depth, h, w, 9))
     grid = coef.transpose(1, 2, 0, 3)  # (H, W, D, 9) view: written in the weights' layout
-    deg, rhs = np.zeros(shape), np.zeros(shape)
     sm = (np.arange(depth)[None, None, :] * n2 + np.arange(n2).reshape(h, w)[:, :, None]).astype(np.int64)
     rows, cols, vals = [], [], []
     for off, wk in zip(weights.offsets, weights.weights, strict=False):
         a, b = pair_slices(shape, off)
         wa = wk[a]
-        deg[a] += wa
-        deg[b] += wa
-        rhs[a] += np.where(free[a] & fixed[b], wa * seeds.value[b], 0.0)
-        rhs[b] += np.where(free[b] & fixed[a], wa * seeds.value[a], 0.0)
         keep = free[a] & free[b]
         if off[2] == 0:  # in-slice: both stencil rows
             grid[(*a, (off[0] + 1) * 3 + off[1] + 1)] -= np.where(keep, wa, 0.0)
@@ -162,7 +158,7 @@ def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = No
         (np.concatenate(vals or [np.zeros(0)]), (np.concatenate(rows or [np.zeros(0, np.int64)]),
          np.concatenate(cols or [np.zeros(0, np.int64)]))), shape=(n, n),
     )  # fmt: skip
-    return SliceSplit(coef=coef.reshape(depth, n2, 9), coupling=coupling), np.where(free, rhs, 0.0).ravel()
+    return SliceSplit(coef=coef.reshape(depth, n2, 9), coupling=coupling), rhs.ravel()
 
 
 @dataclass
@@ -284,7 +280,7 @@ def _collapsed_correction(split: SliceSplit, shape: tuple[int, int], matvec, smo
 
 
 def solve_volume(
-    mat: sp.csr_matrix,
+    system: sp.spmatrix | SliceSplit,
     b: np.ndarray,
     shape: tuple[int, int, int],
     tol: float = 1e-10,
@@ -294,37 +290,21 @@ def solve_volume(
     chunk: int = 16,
     precision: str = "mixed",
 ) -> tuple[np.ndarray, SolveInfo]:
-    """Solve the SPD ``(H, W, D)`` grid system ``mat x = b`` (C order, as from ``assemble_csr``) in float64.
+    """Solve an SPD ``(H, W, D)`` grid system in float64: the C-ordered matrix of ``assemble_csr``, or the
+    same system already split into slices (:func:`slice_system`, which never forms the matrix).
 
-    Stops when ``|b - A x| / |b| <= tol``; the default 1e-10 keeps the max abs error of a confidence map
-    well below 1e-4 (the error is ~1e4 times the relative residual on RESECT volumes). ``x0`` warm-starts
-    CG. ``precision``: float32 slice factors, one float32 solve per block (``"mixed"``), or float64 ones.
-    Raises :class:`~ultramae_monai.errors.ConvergenceError` after ``max_iter`` iterations. A confidence
-    map's system can skip the matrix: :func:`slice_system` and :func:`solve_slices`.
+    ``b``, ``x0`` and the result are C-ordered. Stops when ``|b - A x| / |b| <= tol``; the default 1e-10
+    keeps the max abs error of a confidence map well below 1e-4 (the error is ~1e4 times the relative
+    residual on RESECT volumes). ``precision``: float32 slice factors, one float32 solve per block
+    (``"mixed"``), or float64 ones. Raises :class:`~ultramae_monai.errors.ConvergenceError` after
+    ``max_iter`` iterations.
     """
     if len(shape) != 3:
         raise InvalidInputError(f"solve_volume needs a 3D grid shape, got {shape}")
-    split = split_slices(mat, tuple(int(s) for s in shape))
-    return solve_slices(split, b, shape, tol, max_iter, x0, preconditioner, chunk, precision)
-
-
-def solve_slices(
-    split: SliceSplit,
-    b: np.ndarray,
-    shape: tuple[int, int, int],
-    tol: float = 1e-10,
-    max_iter: int = 500,
-    x0: np.ndarray | None = None,
-    preconditioner: str = "sgs",
-    chunk: int = 16,
-    precision: str = "mixed",
-) -> tuple[np.ndarray, SolveInfo]:
-    """:func:`solve_volume` for a system already split into slices (``b``, ``x0`` and the result in C order)."""
-    if len(shape) != 3:
-        raise InvalidInputError(f"solve_slices needs a 3D grid shape, got {shape}")
     if preconditioner not in PRECONDITIONERS:
         raise InvalidInputError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
     h, w, depth = (int(s) for s in shape)
+    split = system if isinstance(system, SliceSplit) else split_slices(system, (h, w, depth))
     if split.coef.shape != (depth, h * w, 9):
         raise InvalidInputError(f"slice stencils of shape {split.coef.shape} do not match a {h}x{w}x{depth} grid")
     t0 = time.perf_counter()
