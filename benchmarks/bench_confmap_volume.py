@@ -22,7 +22,15 @@ from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import attenuation, edge_weights, normalize
 from ultramae_monai.confmap.seeds import make_seeds
 from ultramae_monai.confmap.system import assemble_csr
-from ultramae_monai.confmap.volume_solver import _pcg, _preconditioner, factor_slices, slice_matvec, slice_system
+from ultramae_monai.confmap.volume_solver import (
+    _pcg,
+    _preconditioner,
+    factor_slices,
+    from_slice_major,
+    slice_matvec,
+    slice_system,
+    to_slice_major,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "resect_3dus"
 DIRECT_MAX_NODES = 80**3  # SuperLU's dense 3D separator fronts grow as n^(4/3): beyond this, minutes and GBs
@@ -48,14 +56,12 @@ def run(case: str, size: tuple[int, int, int], args: argparse.Namespace) -> None
     t0 = time.perf_counter()
     factors = factor_slices(split.coef, (h, w), args.chunk, args.precision)
     t_fac = time.perf_counter() - t0
-    to_slices = np.arange(h * w * depth).reshape(h, w, depth).transpose(2, 0, 1).ravel()
     matvec = slice_matvec(split, (h, w))
     precond = _preconditioner(factors, split.coupling, depth, args.precond)
     t0 = time.perf_counter()
-    xs, info = _pcg(matvec, precond, b[to_slices], np.zeros(b.size), args.tol, args.max_iter)
+    xs, info = _pcg(matvec, precond, to_slice_major(b, vol.shape), np.zeros(b.size), args.tol, args.max_iter)
     t_cg = time.perf_counter() - t0
-    x = np.empty_like(xs)
-    x[to_slices] = xs
+    x = from_slice_major(xs, vol.shape)
     diff = float("nan")
     if h * w * depth <= DIRECT_MAX_NODES:
         mat, b_csr, _ = assemble_csr(

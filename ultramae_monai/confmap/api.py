@@ -228,9 +228,8 @@ def solve_confidence_map(
         st = assemble_2d(weights, seeds, fov)
         start = None
         if x0 is not None and x0.shape == image.shape:
-            held = seeds.fixed if fov is None else seeds.fixed | ~fov
             start = np.zeros_like(st.b)
-            start[1:-1, 1:-1] = np.where(held, 0.0, x0)
+            start[1:-1, 1:-1] = np.where(seeds.held(fov), 0.0, x0)
         xp, info = pcg_solve(build_hierarchy(st), st.b, start, params.tol, params.max_iter)
         if not info.residual <= params.tol:
             raise ConvergenceError(

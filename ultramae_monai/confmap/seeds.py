@@ -29,6 +29,10 @@ class Seeds:
     fixed: np.ndarray
     value: np.ndarray
 
+    def held(self, fov: np.ndarray | None = None) -> np.ndarray:
+        """The nodes that keep identity rows in the system: the seeds, and every node outside ``fov``."""
+        return self.fixed if fov is None else self.fixed | ~fov
+
 
 def column_fill(fov: np.ndarray) -> np.ndarray:
     """Fill every scanline (axis 0) of a FOV mask between its first and last pixel."""

@@ -126,7 +126,7 @@ def stencil_9pt(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = Non
     if weights.offsets != ((1, 0), (0, 1), (1, 1), (1, -1)):
         raise ValueError(f"the 2D stencil needs the 8-neighbour offsets, got {weights.offsets}")
     down, right, dr, dl = (np.ascontiguousarray(x, dtype=np.float64) for x in weights.weights)
-    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    fixed = seeds.held(fov)
     h, w = down.shape
     coef = np.empty((h * w, 9))
     b = np.empty(h * w)

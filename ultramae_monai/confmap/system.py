@@ -38,7 +38,7 @@ def assemble_csr(
     """Return ``(A, b, fixed)``: the SPD matrix, right-hand side and Dirichlet mask (flattened, C order)."""
     shape = weights.weights[0].shape
     n = int(np.prod(shape))
-    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    fixed = seeds.held(fov)
     free = ~fixed
     idx = np.arange(n).reshape(shape)
     deg, rhs = degrees_and_rhs(weights, seeds, fixed)

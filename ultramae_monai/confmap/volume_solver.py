@@ -56,10 +56,12 @@ __all__ = [
     "SliceFactors",
     "SliceSplit",
     "factor_slices",
+    "from_slice_major",
     "slice_matvec",
     "slice_system",
     "solve_volume",
     "split_slices",
+    "to_slice_major",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,17 @@ class SliceSplit:
 
     coef: np.ndarray
     coupling: sp.csr_matrix
+
+
+def to_slice_major(x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A C-ordered ``(H, W, D)`` grid vector in slice-major order (node ``d * H * W + h * W + w``)."""
+    return np.ascontiguousarray(np.asarray(x).reshape(shape).transpose(2, 0, 1)).reshape(-1)
+
+
+def from_slice_major(xs: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The inverse of :func:`to_slice_major`: back to C order."""
+    h, w, depth = shape
+    return np.ascontiguousarray(np.asarray(xs).reshape(depth, h, w).transpose(1, 2, 0)).reshape(-1)
 
 
 def split_slices(mat: sp.csr_matrix, shape: tuple[int, int, int]) -> SliceSplit:
@@ -132,20 +145,21 @@ def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = No
         raise InvalidInputError(f"slice_system needs 3D (H, W, D) weights, got shape {shape}")
     h, w, depth = shape
     n2 = h * w
-    fixed = seeds.fixed if fov is None else seeds.fixed | ~fov
+    fixed = seeds.held(fov)
     free = ~fixed
     deg, rhs = degrees_and_rhs(weights, seeds, fixed)
     coef = np.zeros((depth, h, w, 9))
     grid = coef.transpose(1, 2, 0, 3)  # (H, W, D, 9) view: written in the weights' layout
-    sm = (np.arange(depth)[None, None, :] * n2 + np.arange(n2).reshape(h, w)[:, :, None]).astype(np.int64)
+    sm = from_slice_major(np.arange(n2 * depth), shape).reshape(shape)  # each node's slice-major index
     rows, cols, vals = [], [], []
     for off, wk in zip(weights.offsets, weights.weights, strict=False):
         a, b = pair_slices(shape, off)
         wa = wk[a]
         keep = free[a] & free[b]
         if off[2] == 0:  # in-slice: both stencil rows
-            grid[(*a, (off[0] + 1) * 3 + off[1] + 1)] -= np.where(keep, wa, 0.0)
-            grid[(*b, (1 - off[0]) * 3 + 1 - off[1])] -= np.where(keep, wa, 0.0)
+            coupled = np.where(keep, wa, 0.0)
+            grid[(*a, (off[0] + 1) * 3 + off[1] + 1)] -= coupled
+            grid[(*b, (1 - off[0]) * 3 + 1 - off[1])] -= coupled
             continue
         keep &= wa != 0
         ia, ib, v = sm[a][keep], sm[b][keep], wa[keep]  # N holds the couplings' magnitudes (A = S - N)
@@ -166,7 +180,6 @@ class SliceFactors:
     """Factors of the slice blocks: ``chunks[k]`` factorises slices ``index[k]`` together, either exactly
     (float64 :class:`MultifrontalFactor`) or in float32 (:class:`CpuFactor`, one float32 solve per block)."""
 
-    shape: tuple[int, int]
     index: list[np.ndarray]
     chunks: list[MultifrontalFactor | CpuFactor]
 
@@ -231,7 +244,7 @@ def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, pre
             factor = factorize_cpu(block, shape) if precision == "mixed" else None
             index.append(sel)
             chunks.append(factor if factor is not None else factorize(torch.from_numpy(block), shape))
-    return SliceFactors(shape=shape, index=index, chunks=chunks)
+    return SliceFactors(index=index, chunks=chunks)
 
 
 def _preconditioner(factors: SliceFactors, coupling: sp.csr_matrix, depth: int, kind: str):
@@ -314,13 +327,12 @@ def solve_volume(
         h, w, depth, depth, precision, factors.nbytes / 1e9, time.perf_counter() - t0, tol,
     )  # fmt: skip
     precond = _preconditioner(factors, split.coupling, depth, preconditioner.split("-")[0])
-    to_slices = np.arange(h * w * depth).reshape(h, w, depth).transpose(2, 0, 1).ravel()
     slice_mat = slice_matvec(split, (h, w))
 
     if preconditioner == "sgs-coarse":
         precond = _collapsed_correction(split, (h, w), slice_mat, precond)
-    bs = np.asarray(b, dtype=np.float64)[to_slices]
-    xs = np.zeros_like(bs) if x0 is None else np.asarray(x0, dtype=np.float64).ravel()[to_slices]
+    bs = to_slice_major(np.asarray(b, dtype=np.float64), (h, w, depth))
+    xs = np.zeros_like(bs) if x0 is None else to_slice_major(np.asarray(x0, dtype=np.float64), (h, w, depth))
     t0 = time.perf_counter()
     xs, info = _pcg(slice_mat, precond, bs, xs, tol, max_iter, log_every=LOG_EVERY)
     logger.info("3D confidence map: %d CG iterations in %.1f s", info.iterations, time.perf_counter() - t0)
@@ -329,9 +341,7 @@ def solve_volume(
             f"slice-preconditioned CG stopped after {info.iterations} iterations at relative residual "
             f"{info.residual:.2e} > tol {tol:.1e}"
         )
-    x = np.empty_like(xs)
-    x[to_slices] = xs
-    return x, info
+    return from_slice_major(xs, (h, w, depth)), info
 
 
 def _pcg(
