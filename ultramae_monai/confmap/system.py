@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
 from ultramae_monai.confmap.seeds import Seeds
 
-__all__ = ["assemble_csr", "degrees_and_rhs"]
+__all__ = ["assemble_csr", "degrees_and_rhs", "free_edges"]
 
 
 def degrees_and_rhs(weights: EdgeWeights, seeds: Seeds, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +32,26 @@ def degrees_and_rhs(weights: EdgeWeights, seeds: Seeds, fixed: np.ndarray) -> tu
     return deg, np.where(free, rhs, 0.0)
 
 
+def free_edges(
+    weights: EdgeWeights, free: np.ndarray, index: np.ndarray, offsets: set[tuple[int, ...]] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges between free nodes, both directions, as COO ``(rows, cols, weights)`` with node numbers
+    from ``index`` (a grid of each node's row); only the ``offsets`` given (all if None). The
+    off-diagonal entries of every assembled system are ``-weights`` at these positions."""
+    rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    for off, wk in zip(weights.offsets, weights.weights, strict=False):
+        if offsets is not None and off not in offsets:
+            continue
+        a, b = pair_slices(free.shape, off)
+        wa = wk[a]
+        keep = free[a] & free[b] & (wa != 0)
+        ia, ib, v = index[a][keep], index[b][keep], wa[keep]
+        rows += [ia, ib]
+        cols += [ib, ia]
+        vals += [v, v]
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
 def assemble_csr(
     weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = None
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -42,18 +62,8 @@ def assemble_csr(
     free = ~fixed
     idx = np.arange(n).reshape(shape)
     deg, rhs = degrees_and_rhs(weights, seeds, fixed)
-    rows, cols, vals = [], [], []
-    for off, wk in zip(weights.offsets, weights.weights, strict=False):
-        a, b = pair_slices(shape, off)
-        wa = wk[a]
-        keep = free[a] & free[b] & (wa != 0)
-        ia, ib, v = idx[a][keep], idx[b][keep], -wa[keep]
-        rows += [ia, ib]
-        cols += [ib, ia]
-        vals += [v, v]
+    rows, cols, w = free_edges(weights, free, idx)
     diag = np.where(free, deg, 1.0).ravel()
-    rows.append(idx.ravel())
-    cols.append(idx.ravel())
-    vals.append(diag)
-    mat = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    rows, cols = np.concatenate([rows, idx.ravel()]), np.concatenate([cols, idx.ravel()])
+    mat = sp.csr_matrix((np.concatenate([-w, diag]), (rows, cols)), shape=(n, n))
     return mat, rhs.ravel(), fixed.ravel()

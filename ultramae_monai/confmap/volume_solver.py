@@ -47,7 +47,7 @@ from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, s
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
 from ultramae_monai.confmap.refine import matvec_9pt
 from ultramae_monai.confmap.seeds import Seeds
-from ultramae_monai.confmap.system import degrees_and_rhs
+from ultramae_monai.confmap.system import degrees_and_rhs, free_edges
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
@@ -150,28 +150,17 @@ def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = No
     deg, rhs = degrees_and_rhs(weights, seeds, fixed)
     coef = np.zeros((depth, h, w, 9))
     grid = coef.transpose(1, 2, 0, 3)  # (H, W, D, 9) view: written in the weights' layout
-    sm = from_slice_major(np.arange(n2 * depth), shape).reshape(shape)  # each node's slice-major index
-    rows, cols, vals = [], [], []
     for off, wk in zip(weights.offsets, weights.weights, strict=False):
-        a, b = pair_slices(shape, off)
-        wa = wk[a]
-        keep = free[a] & free[b]
         if off[2] == 0:  # in-slice: both stencil rows
-            coupled = np.where(keep, wa, 0.0)
+            a, b = pair_slices(shape, off)
+            coupled = np.where(free[a] & free[b], wk[a], 0.0)
             grid[(*a, (off[0] + 1) * 3 + off[1] + 1)] -= coupled
             grid[(*b, (1 - off[0]) * 3 + 1 - off[1])] -= coupled
-            continue
-        keep &= wa != 0
-        ia, ib, v = sm[a][keep], sm[b][keep], wa[keep]  # N holds the couplings' magnitudes (A = S - N)
-        rows += [ia, ib]
-        cols += [ib, ia]
-        vals += [v, v]
     grid[..., 4] = np.where(free, deg, 1.0)
-    n = n2 * depth
-    coupling = sp.csr_matrix(
-        (np.concatenate(vals or [np.zeros(0)]), (np.concatenate(rows or [np.zeros(0, np.int64)]),
-         np.concatenate(cols or [np.zeros(0, np.int64)]))), shape=(n, n),
-    )  # fmt: skip
+    sm = from_slice_major(np.arange(n2 * depth), shape).reshape(shape)  # each node's slice-major index
+    across = {off for off in weights.offsets if off[2] != 0}
+    rows, cols, vals = free_edges(weights, free, sm, across)  # N holds the couplings' magnitudes (A = S - N)
+    coupling = sp.csr_matrix((vals, (rows, cols)), shape=(n2 * depth, n2 * depth))
     return SliceSplit(coef=coef.reshape(depth, n2, 9), coupling=coupling), rhs.ravel()
 
 
