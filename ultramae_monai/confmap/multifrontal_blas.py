@@ -100,9 +100,7 @@ class CpuPlan:
 
 
 @lru_cache(maxsize=16)
-def cpu_plan(
-    shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA, batch_bottom: bool = True
-) -> CpuPlan:
+def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA, batch_bottom: bool = True) -> CpuPlan:
     """The schedule for an ``H x W`` grid split into at least ``parts`` subtrees (cached); with
     ``batch_bottom`` the small fronts at the bottom of the subtrees are eliminated in interleaved batches
     (:mod:`.multifrontal_bottom`), otherwise one by one."""
@@ -160,7 +158,11 @@ def cpu_plan(
     batch_u = np.full(nn, -1, dtype=np.int64)
     batch_u[bottom] = u_off[:-1]
     rb = r[bottom]  # batched updates are packed lower triangles
-    dims = (int((m * s)[bottom].max()), int((rb * (rb + 1) // 2).max()), int(s[bottom].max())) if len(bottom) else (1, 1, 1)
+    dims = (
+        (int((m * s)[bottom].max()), int((rb * (rb + 1) // 2).max()), int(s[bottom].max()))
+        if len(bottom)
+        else (1, 1, 1)
+    )
     # matrix entries as 32-bit (source, destination) pairs: a third of the index traffic of (src, p, q)
     node_of = np.repeat(np.arange(nn), np.diff(tr.asm_ptr))
     asm_dst = (tr.asm_p + tr.asm_q * m[node_of]).astype(np.int32)
@@ -498,7 +500,7 @@ def _eliminate(f, m, s, u, small, gth, z):
 def _node(
     k, vals, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_dst,
     small, gth, z, ubuf, batch_u, kid_q, kq_off,
-):
+):  # fmt: skip
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
     Children's contributions to the pivot columns go in first; their trailing parts are added after the
@@ -530,7 +532,7 @@ def _factor_all(
     vals, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
     run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_dst, upper, upper_off, task_of, small, gth,
     ubufs, bottom, chunk_ptr, task_chunk, batch_u, batch_dims, kid_q, kq_off,
-):
+):  # fmt: skip
     batch = vals.shape[0]
     nsub = len(root)
     ok = np.ones(batch * nsub + batch, dtype=np.bool_)
@@ -733,9 +735,7 @@ def _backward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work
 
 
 @nb.njit(cache=True, parallel=True)
-def _solve_all(
-    x, lbuf, first, root, upper, s_, m_, l_ptr, elim_ptr, elim, ring_ptr, ring, upper_pos, n_upper, max_m,
-):
+def _solve_all(x, lbuf, first, root, upper, s_, m_, l_ptr, elim_ptr, elim, ring_ptr, ring, upper_pos, n_upper, max_m):
     batch = x.shape[0]
     nsub = len(root)
     delta = np.zeros((batch * nsub, n_upper), dtype=np.float32)

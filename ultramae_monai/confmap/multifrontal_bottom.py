@@ -88,7 +88,7 @@ def _add_child(uc, rc, pos, b_lo, b_hi, fw, uw, i, m, s):
 def eliminate_batch(
     lo, hi, nodes, s_all, m_all, vals, gth, asm_ptr, asm_src, asm_dst, lbuf, l_ptr, ubuf, u_at, kids_ptr,
     kids, split, kid_q, kq_off, fw, uw, zw, vw,
-):
+):  # fmt: skip
     """Eliminate ``nodes[lo:hi]`` (one shape ``s_all``/``m_all``, at most ``CHUNK``) together; False on a bad pivot.
 
     Children (all already done, packed updates at ``ubuf[u_at[c]:]``) are added as in the front-by-front

@@ -130,5 +130,7 @@ def stencil_9pt(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = Non
     h, w = down.shape
     coef = np.empty((h * w, 9))
     b = np.empty(h * w)
-    _nine_point(down, right, dr, dl, np.ascontiguousarray(fixed), np.ascontiguousarray(seeds.value, dtype=np.float64), coef, b)
+    _nine_point(
+        down, right, dr, dl, np.ascontiguousarray(fixed), np.ascontiguousarray(seeds.value, dtype=np.float64), coef, b
+    )
     return coef, b
