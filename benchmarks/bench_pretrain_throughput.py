@@ -9,7 +9,7 @@ hits both alike; the ratio end-to-end / model-only is the figure of merit (targe
     python benchmarks/bench_pretrain_throughput.py --data /tmp/ultramae_real --presets tiny small --img_size 112
     python benchmarks/bench_pretrain_throughput.py --data DIR --presets base --img_size 224 --batch 64 --workers 8  # GPU, bf16
 
-``--data`` is a manifest folder (``benchmarks/prepare_pretrain_data.py`` or ``ultramae curate``); stills only,
+``--data`` is a manifest folder (``scripts/prepare_pretrain_data.py`` or ``ultramae curate``); stills only,
 so both sides see identical shapes.
 """
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ultramae_monai.engines import KindBatchSampler, ManifestDataset, build_optimizer
+from ultramae_monai.data import KindBatchSampler, ManifestDataset
+from ultramae_monai.engines import build_optimizer
 from ultramae_monai.networks import UltraMAE
 
 

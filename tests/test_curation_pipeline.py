@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ultramae_monai.curation.manifest import read_manifest
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.pipeline import MANIFEST_NAME, run_curation
 from ultramae_monai.curation.quarantine import locate, read_quarantine
 from ultramae_monai.curation.walk import find_sources
+from ultramae_monai.data.manifest import read_manifest
 
 SALT = "test-salt-0123456789abcdef0123456789"
 PHI_VRS = {"PN", "DA", "DT", "TM", "UI", "LO", "SH", "LT", "ST", "AS"}

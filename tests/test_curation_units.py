@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 
+from ultramae_monai.curation.clip_plan import plan_cine
 from ultramae_monai.curation.dedup import DuplicateIndex, dhash, hamming
 from ultramae_monai.curation.deid import Hasher, resolve_salt, scrub, source_identity
-from ultramae_monai.curation.manifest import ManifestRecord, append_records, read_manifest
 from ultramae_monai.curation.options import CurationOptions, load_options
-from ultramae_monai.curation.sampling import plan_cine
 from ultramae_monai.curation.split import assign_split
 from ultramae_monai.curation.state import STATUS_CURATED, CurationState, LedgerEntry
 from ultramae_monai.curation.writer import ArrayWriter, fit_long_side, resize_spatial, to_storage
+from ultramae_monai.data.manifest import ManifestRecord, append_records, read_manifest
 from ultramae_monai.errors import InvalidInputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ultramae_monai import UnreadableFileError
-from ultramae_monai.curation.manifest import ManifestRecord, append_records, read_manifest, write_manifest
 from ultramae_monai.data import MetaKeys, kind_of, make_metatensor
-from ultramae_monai.data.sampling import frame_indices
+from ultramae_monai.data.frame_selection import frame_indices
+from ultramae_monai.data.manifest import ManifestRecord, append_records, read_manifest, write_manifest
 
 
 def test_make_metatensor_layouts_and_affine():

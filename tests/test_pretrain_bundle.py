@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_pretrain_data import make_manifest
 
-from ultramae_monai.curation.manifest import read_manifest
+from ultramae_monai.data.manifest import read_manifest
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultramae_pretrain"
 TINY = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.transforms import Compose, RandFlipd
 
-from ultramae_monai.curation.manifest import ManifestRecord, write_manifest
-from ultramae_monai.engines import KindBatchSampler, ManifestDataset, random_resized_box
+from ultramae_monai.data import KindBatchSampler, ManifestDataset, random_resized_box
+from ultramae_monai.data.manifest import ManifestRecord, write_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
 

@@ -13,10 +13,9 @@ import torch
 from test_pretrain_data import make_manifest
 from torch import nn
 
+from ultramae_monai.data import KindBatchSampler, ManifestDataset
 from ultramae_monai.engines import (
     CheckpointManager,
-    KindBatchSampler,
-    ManifestDataset,
     NonFiniteLossError,
     PretrainTrainer,
     WarmupCosine,

@@ -1,14 +1,14 @@
 """Curation: turning a tree of ultrasound files into a clean, de-identified pretraining set."""
 
-from ultramae_monai.curation.manifest import (
+from ultramae_monai.curation.options import CurationOptions, load_options
+from ultramae_monai.curation.pipeline import CurationReport, run_curation
+from ultramae_monai.data.manifest import (
     ManifestRecord,
     append_records,
     iter_manifest,
     read_manifest,
     write_manifest,
 )
-from ultramae_monai.curation.options import CurationOptions, load_options
-from ultramae_monai.curation.pipeline import CurationReport, run_curation
 
 __all__ = [
     "CurationOptions",

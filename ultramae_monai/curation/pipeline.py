@@ -25,7 +25,6 @@ import numpy as np
 
 from ultramae_monai.curation.dedup import DuplicateIndex
 from ultramae_monai.curation.deid import Hasher, resolve_salt
-from ultramae_monai.curation.manifest import ManifestRecord, append_records
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.quarantine import QuarantineEntry, append_quarantine
 from ultramae_monai.curation.state import (
@@ -37,6 +36,7 @@ from ultramae_monai.curation.state import (
 )
 from ultramae_monai.curation.walk import SourceFile, find_sources
 from ultramae_monai.curation.worker import STAGES, FileResult, curate_file
+from ultramae_monai.data.manifest import ManifestRecord, append_records
 
 __all__ = ["LOG_NAME", "MANIFEST_NAME", "SUMMARY_NAME", "CurationReport", "run_curation"]
 
@@ -174,7 +174,7 @@ def _summarise(report: CurationReport, manifest: Path) -> None:
     splits: dict[str, Counter[str]] = {}
     patients: dict[str, set[str]] = {}
     if manifest.is_file():
-        from ultramae_monai.curation.manifest import iter_manifest
+        from ultramae_monai.data.manifest import iter_manifest
 
         for r in iter_manifest(manifest):
             kinds[r.kind] += 1

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ultramae_monai.curation.deid import Hasher
-from ultramae_monai.curation.manifest import ManifestRecord, write_manifest
+from ultramae_monai.data.manifest import ManifestRecord, write_manifest
 
 __all__ = ["STATUS_CURATED", "STATUS_QUARANTINED", "CurationState", "LedgerEntry", "file_fingerprint"]
 

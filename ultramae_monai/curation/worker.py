@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ultramae_monai.curation.clip_plan import plan_cine
 from ultramae_monai.curation.dedup import DuplicateIndex, dhash
 from ultramae_monai.curation.deid import Hasher, scrub, source_identity
-from ultramae_monai.curation.manifest import ManifestRecord
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.quarantine import QuarantineEntry, quarantine_entry
-from ultramae_monai.curation.sampling import plan_cine
 from ultramae_monai.curation.split import assign_split
 from ultramae_monai.curation.walk import SOURCE_DICOM, SourceFile
 from ultramae_monai.curation.writer import ArrayWriter, fit_long_side, resize_spatial, to_storage
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, KIND_VOLUME, MetaKeys
+from ultramae_monai.data.manifest import ManifestRecord
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = ["SAMPLES_DIR", "FileResult", "curate_file"]

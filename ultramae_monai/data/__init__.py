@@ -1,5 +1,6 @@
-"""Readers for ultrasound files and the array convention they all follow."""
+"""Readers for ultrasound files, the array convention they all follow, the manifest and the datasets on it."""
 
+from ultramae_monai.data.batch_sampler import KindBatchSampler
 from ultramae_monai.data.convention import (
     KIND_CINE,
     KIND_STILL,
@@ -13,6 +14,8 @@ from ultramae_monai.data.convention import (
 from ultramae_monai.data.dicom_reader import UltrasoundDicomReader, read_dicom
 from ultramae_monai.data.image_reader import UltrasoundImageReader, read_image
 from ultramae_monai.data.load import SUPPORTED_SUFFIXES, UltrasoundReader, load_ultrasound, source_type
+from ultramae_monai.data.manifest import ManifestRecord, read_manifest, write_manifest
+from ultramae_monai.data.manifest_dataset import ManifestDataset, random_resized_box
 from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, UltrasoundVideoReader, probe_video, read_video
 from ultramae_monai.data.volume_reader import UltrasoundVolumeReader, read_volume
 
@@ -23,6 +26,9 @@ __all__ = [
     "LAYOUTS",
     "SUPPORTED_SUFFIXES",
     "VIDEO_SUFFIXES",
+    "KindBatchSampler",
+    "ManifestDataset",
+    "ManifestRecord",
     "MetaKeys",
     "UltrasoundDicomReader",
     "UltrasoundImageReader",
@@ -33,10 +39,13 @@ __all__ = [
     "load_ultrasound",
     "make_metatensor",
     "probe_video",
+    "random_resized_box",
     "read_dicom",
     "read_image",
+    "read_manifest",
     "read_video",
     "read_volume",
     "source_type",
     "spatial_affine",
+    "write_manifest",
 ]

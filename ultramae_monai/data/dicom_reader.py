@@ -22,8 +22,8 @@ from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
+from ultramae_monai.data.frame_selection import frames_of_file
 from ultramae_monai.data.reader_base import DicomCapableReader, channels_first, existing_file
-from ultramae_monai.data.sampling import frames_of_file
 from ultramae_monai.errors import (
     NotUltrasoundError,
     UltraMAEError,
@@ -254,7 +254,7 @@ def read_dicom(
         color: RGB (``C = 3``) instead of BT.601 luma grey (``C = 1``); palette, YBR and MONOCHROME1 are
             converted first, so grey and colour show the same picture.
         start, stride, clip_length, max_frames: frame selection of a cine, see
-            :func:`~ultramae_monai.data.sampling.frame_indices`; only those frames are decoded. Ignored for stills.
+            :func:`~ultramae_monai.data.frame_selection.frame_indices`; only those frames are decoded. Ignored for stills.
         allow_any_modality: read non-ultrasound modalities too (otherwise NotUltrasoundError).
 
     Raises:

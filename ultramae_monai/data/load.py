@@ -106,7 +106,7 @@ def load_ultrasound(
         path: the file; its type comes from :func:`source_type`.
         color: RGB (``C = 3``) instead of BT.601 luma grey (``C = 1``).
         start, stride, clip_length, max_frames: frame selection for cines and videos
-            (:func:`~ultramae_monai.data.sampling.frame_indices`); stills and volumes ignore them.
+            (:func:`~ultramae_monai.data.frame_selection.frame_indices`); stills and volumes ignore them.
         allow_any_modality: DICOM only: read non-ultrasound modalities too.
 
     Raises:

@@ -2,7 +2,7 @@
 
 Why not just decode every frame: a pretraining loader wants a 16-frame clip out of a file that may hold
 thousands, so the reader (1) counts frames by demuxing packets (no decoding), (2) picks frames with
-:func:`ultramae_monai.data.sampling.frame_indices`, (3) seeks to the last keyframe before the first wanted
+:func:`ultramae_monai.data.frame_selection.frame_indices`, (3) seeks to the last keyframe before the first wanted
 frame when that skips work, verifying every decoded frame's index by its presentation timestamp, and
 (4) stops decoding after the last wanted frame.
 
@@ -26,8 +26,8 @@ import numpy as np
 from monai.data import MetaTensor
 
 from ultramae_monai.data.convention import KIND_CINE, MetaKeys, make_metatensor
+from ultramae_monai.data.frame_selection import frames_of_file
 from ultramae_monai.data.reader_base import FunctionImageReader
-from ultramae_monai.data.sampling import frames_of_file
 from ultramae_monai.errors import UnreadableFileError
 
 __all__ = ["VIDEO_SUFFIXES", "UltrasoundVideoReader", "probe_video", "read_video"]
@@ -230,7 +230,7 @@ def read_video(
     Args:
         path: video file (mp4, avi, mov, mpeg, gif, webm, mkv, ...).
         color: RGB (``C = 3``) instead of BT.601 luma grey (``C = 1``).
-        start, stride, clip_length, max_frames: frame selection, see :func:`~ultramae_monai.data.sampling.frame_indices`.
+        start, stride, clip_length, max_frames: frame selection, see :func:`~ultramae_monai.data.frame_selection.frame_indices`.
         seek: allow a keyframe seek when the clip starts late (the result is identical; only speed differs).
 
     Raises:

@@ -1,7 +1,6 @@
-"""ultramae_monai.engines: the pretraining loop and its parts (data, sampler, optimiser, checkpoints, DDP)."""
+"""ultramae_monai.engines: the pretraining loop and its parts (optimiser, checkpoints, RNG, DDP, previews)."""
 
 from ultramae_monai.engines.checkpoint import CheckpointManager, atomic_save
-from ultramae_monai.engines.dataset import ManifestDataset, random_resized_box
 from ultramae_monai.engines.distributed import (
     all_gather_objects,
     cleanup_distributed,
@@ -15,13 +14,10 @@ from ultramae_monai.engines.distributed import (
 from ultramae_monai.engines.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups, scaled_lr
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
 from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state, seed_everything
-from ultramae_monai.engines.sampler import KindBatchSampler
 from ultramae_monai.engines.trainer import NonFiniteLossError, PretrainTrainer
 
 __all__ = [
     "CheckpointManager",
-    "KindBatchSampler",
-    "ManifestDataset",
     "NonFiniteLossError",
     "PretrainTrainer",
     "WarmupCosine",
@@ -36,7 +32,6 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "param_groups",
-    "random_resized_box",
     "rank",
     "reconstruction_grid",
     "restore_rng_state",

@@ -32,14 +32,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ultramae_monai.data.batch_sampler import KindBatchSampler
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
+from ultramae_monai.data.manifest_dataset import ManifestDataset
 from ultramae_monai.engines.checkpoint import CheckpointManager
-from ultramae_monai.engines.dataset import ManifestDataset
 from ultramae_monai.engines.distributed import all_gather_objects, is_distributed, is_main_process, rank, world_size
 from ultramae_monai.engines.optim import build_scheduler
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
 from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state, seed_everything
-from ultramae_monai.engines.sampler import KindBatchSampler
 from ultramae_monai.errors import UltraMAEError
 
 __all__ = ["NonFiniteLossError", "PretrainTrainer"]

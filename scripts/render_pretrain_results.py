@@ -1,6 +1,6 @@
 """Draw a pretraining run's loss curve (``metrics.jsonl``) as a PNG with Pillow (matplotlib is not a dependency).
 
-python benchmarks/render_pretrain_results.py RUN_DIR DATA_DIR docs/images --target cwus --title "..."
+python scripts/render_pretrain_results.py RUN_DIR DATA_DIR docs/images --target cwus --title "..."
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ultramae_monai.engines import CheckpointManager, ManifestDataset, reconstruction_grid, save_grid_png
+from ultramae_monai.data import ManifestDataset
+from ultramae_monai.engines import CheckpointManager, reconstruction_grid, save_grid_png
 from ultramae_monai.networks import UltraMAE
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 400, 70, 20, 40, 50

@@ -1,6 +1,6 @@
 """Profile a curation run: files/s, the share of worker time per stage, output size (docs/curation.md).
 
-    python benchmarks/curation_profile.py SRC OUT [--workers 2] [--max_side 256] [--config FILE]
+    python scripts/curation_profile.py SRC OUT [--workers 2] [--max_side 256] [--config FILE]
 
 Runs ``ultramae curate`` into OUT (resuming if OUT holds a run; a fresh OUT measures a full run),
 then prints a Markdown table from OUT/summary.json. Stage times are summed over the worker

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ultramae_monai.data.sampling import frame_indices
+from ultramae_monai.data.frame_selection import frame_indices
 
 __all__ = ["CinePlan", "plan_cine"]
 

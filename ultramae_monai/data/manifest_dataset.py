@@ -3,7 +3,7 @@
 The crop is chosen *before* reading, so only the window is paged in from the ``.npy`` memory map
 (a 16-frame crop out of a long cached clip reads 16 frames, a 60 % crop reads 60 % of the pixels):
 this is what lets a couple of worker processes keep a GPU fed. Augmentation randomness comes from
-the per-sample seed given by :class:`~ultramae_monai.engines.sampler.KindBatchSampler`, never from
+the per-sample seed given by :class:`~ultramae_monai.data.batch_sampler.KindBatchSampler`, never from
 worker state, so a resumed run sees exactly the crops an uninterrupted run would have seen.
 
 The crop follows MAE's ``RandomResizedCrop`` (He et al. 2022): a random area fraction ``scale`` and
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import Randomizable
 
-from ultramae_monai.curation.manifest import ManifestRecord, read_manifest
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
-from ultramae_monai.data.sampling import frame_indices
+from ultramae_monai.data.frame_selection import frame_indices
+from ultramae_monai.data.manifest import ManifestRecord, read_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
 __all__ = ["ManifestDataset", "random_resized_box"]

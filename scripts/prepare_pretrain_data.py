@@ -1,12 +1,12 @@
 """Build a small pretraining manifest from the shared real data (HC18 + BUSI stills, POCUS clips).
 
 A stop-gap for ``docs/results.md`` and ``bench_pretrain_throughput.py`` while ``ultramae curate`` cannot yet
-read this tree; it writes the same manifest format (``ultramae_monai.curation.manifest``): uint8 ``.npy``
+read this tree; it writes the same manifest format (``ultramae_monai.data.manifest``): uint8 ``.npy``
 arrays, long side reduced to ``--max_side``, POCUS videos cut into non-overlapping 16-frame clips at ~10 fps
 plus stills spread over each video, and a 10 % validation split grouped by exam (HC18 ``NNN``) or file.
 No confidence maps or FOV masks (the run uses a pixel target). Nothing here leaves the output folder.
 
-    python benchmarks/prepare_pretrain_data.py /work/shared/data /tmp/ultramae_real --max_side 128
+    python scripts/prepare_pretrain_data.py /work/shared/data /tmp/ultramae_real --max_side 128
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ultramae_monai.curation.manifest import ManifestRecord, write_manifest
+from ultramae_monai.data.manifest import ManifestRecord, write_manifest
 from ultramae_monai.data.video_reader import probe_video, read_video
 from ultramae_monai.errors import UltraMAEError
 
