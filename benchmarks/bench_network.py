@@ -1,13 +1,22 @@
-"""Training-step throughput and peak memory: UltraMAE vs MONAI's MaskedAutoEncoderViT, same size.
+"""Training-step throughput, model FLOP utilisation and peak memory: UltraMAE vs MONAI's MaskedAutoEncoderViT.
 
-Both models are ViT-B/16 encoders on 224 x 224 stills with a 4 x 384 decoder (MLP ratio 4, qkv bias, 12 decoder
-heads, as MAE), mask ratio 0.75 and a pixel L2 loss on masked tokens; one step = forward + backward + AdamW.
-Each model runs in its own subprocess (so peak RSS is its own), alternating ``--rounds`` times; the report gives
-medians and ratios. On a CUDA machine ``--device cuda`` runs bf16 autocast and adds model FLOP utilisation from
-FLOPs counted with ``torch.utils.flop_counter`` (peak: ``--peak-tflops``, 989 for an H100 SXM dense bf16).
+Both models are ViT-B/16 encoders on 224 x 224 stills with a 4 x 384 decoder (MLP ratio 4, qkv bias, 12
+decoder heads, as MAE), mask ratio 0.75 and a pixel L2 loss on masked tokens; one step = forward + backward
++ AdamW. Every configuration runs in its own subprocess (peak memory is its own; a crash or an
+out-of-memory error is reported, not fatal). A configuration is ``model:precision:batch[:options]``:
 
-    python benchmarks/bench_network.py --device cpu --batch 8 --steps 3 --rounds 3
-    python benchmarks/bench_network.py --device cuda --batch 128 --steps 20 --rounds 3
+* precision ``bf16`` (autocast) or ``fp32``; MONAI's model crashes under bf16 autocast on CUDA (an
+  ``index_put`` dtype mismatch), so a failed bf16 MONAI run is reported and retried in fp32, marked as such;
+* options ``fused`` (fused AdamW) and ``compile`` (``torch.compile`` of the model; the visible-token count
+  is fixed for a given input size, so the graph compiles once).
+
+MFU is the FLOPs counted by ``torch.utils.flop_counter`` per step over the step time, against the
+datasheet dense bf16 peak (``--peak-tflops``, 989 for an H100/H200 SXM) and against a large bf16 matrix
+product measured in the same run. On a CPU, fp32 only and no MFU.
+
+    python benchmarks/bench_network.py --device cpu --configs ultramae:fp32:8 monai:fp32:8 --steps 3
+    python benchmarks/bench_network.py --device cuda --configs ultramae:bf16:128 ultramae:bf16:128:fused \\
+        ultramae:bf16:512:fused:compile monai:bf16:128 ultramae:fp32:128 monai:fp32:128
 """
 
 from __future__ import annotations
@@ -20,12 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 
 def build(name: str, size: str) -> torch.nn.Module:
-    dims = {"base": (768, 12, 12), "tiny": (192, 12, 3), "micro": (64, 2, 4)}[size]
+    dims = {"base": (768, 12, 12), "small": (384, 12, 6), "tiny": (192, 12, 3), "micro": (64, 2, 4)}[size]
     if name == "ultramae":
         from ultramae_monai.networks import UltraMAE
 
@@ -42,11 +52,11 @@ def build(name: str, size: str) -> torch.nn.Module:
     )  # fmt: skip
 
 
-def step_fn(name: str, model: torch.nn.Module, x: torch.Tensor):
+def loss_fn(name: str, model: torch.nn.Module):
     if name == "ultramae":
-        return lambda: model(x)["loss"]
+        return lambda x: model(x)["loss"]
 
-    def monai_loss() -> torch.Tensor:
+    def monai_loss(x: torch.Tensor) -> torch.Tensor:
         pred, mask = model(x)
         b, c, h, w = x.shape
         target = x.reshape(b, c, h // 16, 16, w // 16, 16).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, 256 * c)
@@ -57,27 +67,30 @@ def step_fn(name: str, model: torch.nn.Module, x: torch.Tensor):
 
 
 def worker(args: argparse.Namespace) -> None:
+    name, precision, batch, *options = args.worker.split(":")
+    batch = int(batch)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build(args.worker, args.size).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(args.batch, 1, 224, 224, device=device)
-    loss_fn = step_fn(args.worker, model, x)
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
+    model = build(name, args.size).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused="fused" in options)
+    x = torch.rand(batch, 1, 224, 224, device=device)
+    fn = loss_fn(name, torch.compile(model) if "compile" in options else model)
+    use_bf16 = precision == "bf16"
 
     def step() -> None:
-        with amp:
-            loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = fn(x)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocator, optimizer state, kernels
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):  # allocator, optimiser state, kernel selection, compilation
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warm_s = time.perf_counter() - t0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(args.steps):
@@ -86,65 +99,102 @@ def worker(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        step()
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device.type == "cuda"
-        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 + 0.0
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     )
-    print(json.dumps({"step_s": statistics.median(times), "flops": counter.get_total_flops(), "peak_mib": peak}))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    eager = loss_fn(name, model)
+    with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=use_bf16):
+        eager(x).backward()
+    opt.zero_grad(set_to_none=True)
+    print(json.dumps({"step_s": statistics.median(times), "flops": counter.get_total_flops(), "peak_mib": peak,
+                      "warmup_s": warm_s}))  # fmt: skip
 
 
-def run_worker(args: argparse.Namespace, name: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--batch", str(args.batch)]
-    cmd += ["--steps", str(args.steps), "--size", args.size]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)
+def matmul_peak_tflops(device: torch.device) -> float:
+    """bf16 TFLOP/s of an 8192^3 matrix product on random data (mean of 10 after 3 warm-ups)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def run_config(args: argparse.Namespace, config: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--size", args.size]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"config": config, "error": f"timed out after {args.timeout} s"}
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+        return {"config": config, "error": lines[-1][:300] if lines else f"exit {done.returncode}"}
+    return {"config": config, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="base", choices=["base", "tiny", "micro"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size", default="base", choices=["base", "small", "tiny", "micro"])
+    p.add_argument("--configs", nargs="+", default=["ultramae:fp32:8", "monai:fp32:8"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--worker", choices=["ultramae", "monai"])
+    p.add_argument("--json", type=Path)
+    p.add_argument("--worker")
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu")
-    results: dict[str, list[dict]] = {"ultramae": [], "monai": []}
-    for _ in range(args.rounds):  # interleaved, so load changes hit both models alike
-        for name in results:
-            results[name].append(run_worker(args, name))
-    summary = {}
-    for name, runs in results.items():
-        step = statistics.median(r["step_s"] for r in runs)
-        summary[name] = {
-            "images_per_s": args.batch / step,
-            "step_s": step,
-            "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-            "gflops_per_step": runs[0]["flops"] / 1e9,
-        }
-        if args.device == "cuda":
-            summary[name]["mfu"] = runs[0]["flops"] / step / (args.peak_tflops * 1e12)
-    u, m = summary["ultramae"], summary["monai"]
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}")
-    print(f"ViT-{args.size} 224 px, batch {args.batch}, {args.steps} steps x {args.rounds} interleaved rounds")
-    print("| model | images/s | step (s) | peak mem (MiB) | GFLOP/step |" + (" MFU |" if args.device == "cuda" else ""))
-    print("|---|---|---|---|---|" + ("---|" if args.device == "cuda" else ""))
-    for name, s in summary.items():
-        row = f"| {name} | {s['images_per_s']:.2f} | {s['step_s']:.3f} | {s['peak_mib']:.0f} | {s['gflops_per_step']:.1f} |"
-        print(row + (f" {100 * s['mfu']:.1f}% |" if "mfu" in s else ""))
-    print(f"throughput ratio UltraMAE / MONAI: {u['images_per_s'] / m['images_per_s']:.2f}x; "
-          f"peak memory ratio: {u['peak_mib'] / max(m['peak_mib'], 1e-9):.2f}x")  # fmt: skip
+    cuda = args.device == "cuda"
+    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    measured_peak = matmul_peak_tflops(torch.device("cuda")) if cuda else None
+    rows = []
+    for config in args.configs:
+        row = run_config(args, config)
+        if "error" in row and config.startswith("monai:bf16"):
+            # MONAI's MAE fails under bf16 autocast: report it, and run fp32 instead, marked as such
+            fallback = run_config(args, config.replace(":bf16:", ":fp32:"))
+            fallback["note"] = f"bf16 failed ({row['error']}); fp32 instead"
+            rows.append(row)
+            row = fallback
+        if "step_s" in row:
+            batch = int(config.split(":")[2])
+            row["images_per_s"] = batch / row["step_s"]
+            if cuda:
+                row["mfu_datasheet"] = row["flops"] / row["step_s"] / (args.peak_tflops * 1e12)
+                row["mfu_measured_peak"] = row["flops"] / row["step_s"] / (measured_peak * 1e12)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"device: {device_name}, torch {torch.__version__}, ViT-{args.size} 224 px, {args.steps} steps")
+    if measured_peak:
+        print(f"bf16 8192^3 matmul: {measured_peak:.0f} TFLOP/s (datasheet {args.peak_tflops:.0f})")
+    print("| config | images/s | step (s) | peak mem (MiB) | TFLOP/step | MFU (datasheet / measured) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['config']} | failed: {r['error']} | | | | |")
+            continue
+        mfu = f"{100 * r['mfu_datasheet']:.1f}% / {100 * r['mfu_measured_peak']:.1f}%" if cuda else "-"
+        print(
+            f"| {r['config']}{' (' + r['note'] + ')' if 'note' in r else ''} | {r['images_per_s']:.1f} | "
+            f"{r['step_s']:.4f} | {r['peak_mib']:.0f} | {r['flops'] / 1e12:.3f} | {mfu} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                         "matmul_peak_tflops": measured_peak, "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

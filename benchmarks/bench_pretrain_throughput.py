@@ -10,7 +10,9 @@ hits both alike; the ratio end-to-end / model-only is the figure of merit (targe
     python benchmarks/bench_pretrain_throughput.py --data DIR --presets base --img_size 224 --batch 64 --workers 8  # GPU, bf16
 
 ``--data`` is a manifest folder (``scripts/prepare_pretrain_data.py`` or ``ultramae curate``); stills only,
-so both sides see identical shapes.
+so both sides see identical shapes. ``--pool IMAGES.npz --count N`` instead writes a manifest of ``N`` stills
+(random crops and flips of the real images in the ``images`` array of the file, uint8 ``(M, H, W)``) into
+``--data`` first, for a machine that holds no curated set.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ultramae_monai.data import KindBatchSampler, ManifestDataset
+from ultramae_monai.data import KindBatchSampler, ManifestDataset, ManifestRecord, write_manifest
 from ultramae_monai.engines import build_optimizer
 from ultramae_monai.networks import UltraMAE
 
@@ -53,12 +56,31 @@ def _timed(steps: int, fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def synthesize(pool: Path, count: int, out: Path, size: int = 240) -> None:
+    """``count`` stills of ``size`` px cut from the real images in ``pool`` (random crops, flips), as a manifest."""
+    images = np.load(pool)["images"]
+    rng = np.random.default_rng(0)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        img = images[rng.integers(len(images))]
+        r, c = rng.integers(0, img.shape[0] - size + 1), rng.integers(0, img.shape[1] - size + 1)
+        crop = img[r : r + size, c : c + size]
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        rel = f"samples/{i:06d}.npy"
+        np.save(out / rel, np.ascontiguousarray(crop)[None])
+        records.append(ManifestRecord(id=f"s{i}", path=rel, kind="still", shape=[1, size, size]))
+    write_manifest(records, out / "manifest.jsonl")
+
+
 def bench(preset: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = UltraMAE(preset=preset, img_size=args.img_size, target="pixel", mask_ratio_image=0.75).to(device)
     opt = build_optimizer(model, effective_batch=args.batch)
     ds = ManifestDataset(dataset_dir=args.data, img_size=args.img_size, kinds=("still",))
     sampler = KindBatchSampler(ds.kinds, batch_size=args.batch, seed=0)
+    if len(sampler) == 0:  # every epoch would be empty: the batch stream below would never yield
+        raise SystemExit(f"{args.data}: {len(ds)} stills, fewer than one batch of {args.batch}: lower --batch")
     loader = torch.utils.data.DataLoader(
         ds,
         batch_sampler=sampler,
@@ -111,7 +133,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pool", type=Path, help="synthesize --count stills from this .npz into --data first")
+    ap.add_argument("--count", type=int, default=2000)
     args = ap.parse_args()
+    if args.pool:
+        synthesize(args.pool, args.count, args.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
     rows = [bench(p, args, device) for p in args.presets]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.signal import hilbert
 
+from ultramae_monai.confmap.device_solver import device_confidence_maps
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch
@@ -36,12 +37,14 @@ from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg
 from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
 from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
+from ultramae_monai.confmap.volume_device import volume_confidence_map
 from ultramae_monai.confmap.volume_solver import slice_system, solve_volume
 from ultramae_monai.errors import ConvergenceError, InvalidInputError
 
 __all__ = [
     "BACKENDS",
     "ConfMapParams",
+    "batch_confidence_maps",
     "confidence_map",
     "resolve_backend",
     "solve_confidence_map",
@@ -157,16 +160,50 @@ def _is_8_connected_2d(problem: _Problem) -> bool:
     return problem.weights.offsets == ((1, 0), (0, 1), (1, 1), (1, -1))
 
 
-def _solve_multifrontal(
-    problems: list[_Problem], shape: tuple[int, ...], device: str | torch.device | None = None
-) -> np.ndarray:
-    """Raw solutions ``(B, H, W)`` of 8-connected 2D problems of one shape, factorised as one batch."""
+def _solve_multifrontal(problems: list[_Problem], shape: tuple[int, ...]) -> np.ndarray:
+    """Raw solutions ``(B, H, W)`` of 8-connected 2D problems of one shape, factorised as one batch (CPU)."""
     h, w = int(shape[0]), int(shape[1])
     coef, rhs = np.empty((len(problems), h * w, 9)), np.empty((len(problems), h * w))
     for i, p in enumerate(problems):
         coef[i], rhs[i] = stencil_9pt(p.weights, p.seeds, p.fov)
-    x = solve_multifrontal_batch(coef, rhs, tuple(shape), device=device).cpu().numpy()
+    x = solve_multifrontal_batch(coef, rhs, tuple(shape)).numpy()
     return x.reshape(len(problems), *shape)
+
+
+def _on_device(params: ConfMapParams) -> bool:
+    """Whether the model and solver run as torch ops on the images' device (:mod:`.device_solver`)."""
+    return params.mode == "B" and params.sink_mode != "mask" and params.backend in ("auto", "multifrontal")
+
+
+def batch_confidence_maps(
+    images: torch.Tensor,
+    fov_mask: torch.Tensor | np.ndarray | None = None,
+    params: ConfMapParams | None = None,
+    on_device: bool | None = None,
+) -> torch.Tensor:
+    """Confidence maps ``(B, H, W)`` float32 of grey images ``(B, H, W)`` (beam along H), on the images' device.
+
+    ``fov_mask`` is ``(H, W)`` or one mask per image ``(B, H, W)``. ``on_device`` (default: on CUDA) runs
+    the whole computation there (:func:`~.device_solver.device_confidence_maps`: assembly, factorisation
+    and solve batched, float32 factor refined to float64); otherwise on the CPU with the fastest CPU solver.
+    Both give MONAI's maps to well under 1e-4.
+    """
+    params = params or ConfMapParams()
+    if images.ndim != 3:
+        raise InvalidInputError(f"expected a batch of 2D images (B, H, W), got shape {tuple(images.shape)}")
+    on_device = images.is_cuda if on_device is None else on_device
+    if on_device and _on_device(params):
+        fov = None if fov_mask is None else torch.as_tensor(fov_mask, device=images.device)
+        return device_confidence_maps(
+            images, fov, params.alpha, params.beta, params.gamma, params.sink_mode, precision="mixed"
+        )
+    grey = _as_float64(images)
+    fov = None if fov_mask is None else np.asarray(_as_float64(fov_mask)) > 0
+    if fov is not None and fov.ndim == 3:
+        maps = np.stack([solve_confidence_maps(g[None], params, fov_mask=f)[0] for g, f in zip(grey, fov, strict=True)])
+    else:
+        maps = solve_confidence_maps(grey, params, fov_mask=fov)
+    return torch.from_numpy(maps).float().to(images.device)
 
 
 def solve_confidence_maps(
@@ -178,14 +215,16 @@ def solve_confidence_maps(
 ) -> np.ndarray:
     """Maps of a batch of 2D images ``(B, H, W)`` (beam along axis 1) of one shape, sharing masks.
 
-    With the ``multifrontal`` backend (the ``auto`` choice) the batch is factorised together, on ``device``
-    (e.g. CUDA) when given: the symbolic analysis is done once per shape and every tree level is one
-    batched dense kernel. Other backends solve the images one after the other (``multigrid`` warm-starts
-    each from the previous map, which suits cine frames).
+    With the ``multifrontal`` backend (the ``auto`` choice) the batch is factorised together; with a CUDA
+    ``device`` the whole computation runs there (:func:`batch_confidence_maps`). Other backends solve the
+    images one after the other (``multigrid`` warm-starts each from the previous map, which suits cine frames).
     """
     if images.ndim != 3:
         raise InvalidInputError(f"expected a batch of 2D images (B, H, W), got shape {images.shape}")
     backend = resolve_backend(params.backend, 2)
+    if device is not None and torch.device(device).type != "cpu" and _on_device(params):
+        x = torch.as_tensor(np.asarray(images, dtype=np.float64), device=device)
+        return batch_confidence_maps(x, fov_mask, params, on_device=True).double().cpu().numpy()
     if backend != "multifrontal":
         out, prev = np.zeros(images.shape), None
         for i, img in enumerate(images):
@@ -197,7 +236,7 @@ def solve_confidence_maps(
     out = np.zeros(images.shape)
     if not todo:
         return out
-    x = _solve_multifrontal([problems[i] for i in todo], images.shape[1:], device)
+    x = _solve_multifrontal([problems[i] for i in todo], images.shape[1:])
     for k, i in enumerate(todo):
         out[i] = _finish(x[k], problems[i])
     return out
@@ -274,21 +313,38 @@ def confidence_map(
     ``multigrid`` backend does not reach ``tol`` within ``max_iter`` iterations.
     """
     params = ConfMapParams(alpha, beta, gamma, mode, sink_mode, backend, tol, max_iter, connectivity)
-    img = _as_float64(image)
-    if img.ndim not in (2, 3):
-        raise InvalidInputError(f"a confidence map needs a 2D image or 3D volume, got shape {img.shape}")
-    if not -img.ndim <= beam_axis < img.ndim:
-        raise InvalidInputError(f"beam_axis {beam_axis} out of range for a {img.ndim}D image")
+    if image.ndim not in (2, 3):
+        raise InvalidInputError(f"a confidence map needs a 2D image or 3D volume, got shape {tuple(image.shape)}")
+    if not -image.ndim <= beam_axis < image.ndim:
+        raise InvalidInputError(f"beam_axis {beam_axis} out of range for a {image.ndim}D image")
+    if isinstance(image, torch.Tensor) and image.is_cuda:
+        mapped = _confidence_map_cuda(image, params, fov_mask, beam_axis)
+        if mapped is not None:
+            return mapped
 
     def move(a: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
         return None if a is None else np.moveaxis(_as_float64(a), beam_axis, 0)
 
-    moved = np.moveaxis(img, beam_axis, 0)
-    if isinstance(image, torch.Tensor) and image.is_cuda and resolve_backend(backend, img.ndim) == "multifrontal":
-        result = solve_confidence_maps(moved[None], params, move(sink_mask), move(fov_mask), image.device)[0]
-    else:
-        result, _ = solve_confidence_map(moved, params, move(sink_mask), move(fov_mask))
+    result, _ = solve_confidence_map(move(image), params, move(sink_mask), move(fov_mask))
     out = np.ascontiguousarray(np.moveaxis(result, 0, beam_axis), dtype=np.float32)
     if isinstance(image, torch.Tensor):
         return torch.from_numpy(out).to(image.device)
     return out
+
+
+def _confidence_map_cuda(
+    image: torch.Tensor, params: ConfMapParams, fov_mask: np.ndarray | torch.Tensor | None, beam_axis: int
+) -> torch.Tensor | None:
+    """The map of a CUDA tensor computed on its GPU (:mod:`.device_solver`, :mod:`.volume_device`), or None
+    when the parameters need the CPU path (RF mode, sink masks, other backends)."""
+    fov = None if fov_mask is None else torch.movedim(torch.as_tensor(fov_mask, device=image.device) != 0, beam_axis, 0)
+    moved = torch.movedim(image.detach(), beam_axis, 0)
+    if image.ndim == 2 and _on_device(params):
+        maps = batch_confidence_maps(moved.double()[None], fov, params, on_device=True)[0]
+    elif image.ndim == 3 and params.mode == "B" and params.sink_mode == "all" and params.backend in ("auto", "slices"):
+        maps = volume_confidence_map(
+            moved, params.alpha, params.beta, params.gamma, fov, params.connectivity, params.tol, params.max_iter
+        )
+    else:
+        return None
+    return torch.movedim(maps, 0, beam_axis).contiguous()

@@ -133,7 +133,8 @@ _CPU_MAX_FRONT = 480  # ... and so do levels with fronts larger than this
 class MultifrontalFactor:
     """The factor: compact CPU blocks below tree height ``cut`` and ``(L11, L21)`` per level from ``cut`` up.
 
-    ``L11`` is ``(B * nb, S, S)``, ``L21`` ``(B * nb, R, S)`` (``None`` at the root level).
+    ``L11`` is ``(B * nb, S, S)``, ``L21`` ``(B * nb, R, S)`` (``None`` at the root level). ``ok`` is a
+    0-d bool tensor on the factor's device: every pivot was positive (the matrices were SPD).
     """
 
     sym: Symbolic
@@ -141,6 +142,7 @@ class MultifrontalFactor:
     cut: int
     lower: np.ndarray | None
     blocks: list[tuple[torch.Tensor, torch.Tensor | None] | None]
+    ok: torch.Tensor
 
 
 @lru_cache(maxsize=16)
@@ -177,11 +179,15 @@ def _schur_lower_(f22: torch.Tensor, l21: torch.Tensor) -> torch.Tensor:
     return f22
 
 
-def factorize(coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None) -> MultifrontalFactor:
+def factorize(
+    coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None, check: bool = True
+) -> MultifrontalFactor:
     """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
     Tree levels below height ``cut`` (default :func:`default_cut`) use the CPU kernels, the rest batched
-    torch kernels on ``coef``'s device.
+    torch kernels on ``coef``'s device and in its dtype. ``check`` raises when a pivot is not positive; without
+    it nothing waits for the device (the caller reads ``factor.ok``), so the factorisation can be captured
+    in a CUDA graph.
     """
     sym = symbolic(tuple(shape))
     device = coef.device
@@ -230,9 +236,10 @@ def factorize(coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None
             blocks.append((l11, l21))
         else:
             blocks.append((l11, None))
-    if bool(bad) or not ok:
+    good = ~bad if ok else torch.zeros((), dtype=torch.bool, device=device)
+    if check and not bool(good):
         raise InvalidInputError("the system matrix is not symmetric positive definite")
-    return MultifrontalFactor(sym, batch, cut, lower, blocks)
+    return MultifrontalFactor(sym, batch, cut, lower, blocks, good)
 
 
 def solve_factored(factor: MultifrontalFactor, b: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/benchmarks.md ("GPU" section) in one run, each step under its own time limit,
+# results in $OUT (JSON + logs). Run from the repository root on a CUDA machine:
+#   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
+# Inputs (not in the repository; see docs/benchmarks.md for how they are made): .gpu/us224.npy (64 real
+# ultrasound images at 224 px), .gpu/us224_cpu_maps.npy (their CPU maps), .gpu/us256_pool.npz (400 real
+# stills), .gpu/Case3_US-before.nii.gz (RESECT, CC BY 4.0) and .gpu/resect_case3_map_sub4.npy (its CPU map,
+# every 4th voxel). Python wheels missing on the machine go in .whl/ (installed into /tmp/site).
+set -uo pipefail
+OUT="${OUT:-/tmp/gpu_out}"
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/site/av && : >/tmp/site/av/__init__.py  # PyAV is imported by the video reader, unused here
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, never stop the session
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "=== $name exit $? after ${SECONDS}s total"
+  tail -n 4 "$OUT/$name.log"
+}
+step confmap2d "${LIMIT_CONFMAP:-150}" python3 benchmarks/bench_confmap_gpu.py --images .gpu/us224.npy \
+  --reference .gpu/us224_cpu_maps.npy --batches 1 16 64 128 256 --vit-batch 64 --budget 1.5 \
+  --json "$OUT/confmap2d.json"
+step confmap3d "${LIMIT_VOLUME:-120}" python3 benchmarks/bench_confmap_gpu.py --volume .gpu/Case3_US-before.nii.gz \
+  --volume-reference .gpu/resect_case3_map_sub4.npy --json "$OUT/confmap3d.json"
+step network "${LIMIT_NETWORK:-330}" python3 benchmarks/bench_network.py --device cuda --steps 8 --warmup 3 \
+  --timeout 150 --json "$OUT/network.json" --configs \
+  ultramae:bf16:128 ultramae:bf16:128:fused ultramae:bf16:256:fused ultramae:bf16:512:fused \
+  ultramae:bf16:1024:fused ultramae:bf16:512:fused:compile monai:bf16:128 ultramae:fp32:128:fused monai:fp32:128
+step end_to_end "${LIMIT_E2E:-120}" python3 benchmarks/bench_pretrain_throughput.py --pool .gpu/us256_pool.npz \
+  --count 2400 --data /tmp/e2e_data --presets base --img_size 224 --batch 256 --workers 12 --steps 6 \
+  --rounds 3 --warmup 2 --json "$OUT/end_to_end.json"
+echo "done in ${SECONDS}s"
