@@ -6,6 +6,9 @@ checks on CUDA, with CUDA-graph replay, when a GPU is present.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +163,28 @@ def test_cuda_maps_graphs_and_volume(cuda_device: torch.device) -> None:
     ref, _ = solve_confidence_map(vol, ConfMapParams(backend="direct"))
     got = confidence_map(torch.from_numpy(vol).to(cuda_device))
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=0, atol=1e-6)
+
+
+def test_maps_fall_back_to_the_torch_factorisation_when_the_cpu_engine_cannot_load(tmp_path) -> None:
+    """A numba/LLVM binding that fails to load (simulated) leaves every map computable, through torch."""
+    script = tmp_path / "fallback.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "class Broken:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ultramae_monai.confmap.blas':\n"
+        "            raise ImportError('simulated: numba LLVM symbol binding failed')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "from ultramae_monai.confmap import cpu_engine\n"
+        "from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_maps\n"
+        "assert cpu_engine.ENGINE is None and 'simulated' in str(cpu_engine.LOAD_ERROR)\n"
+        "rng = np.random.default_rng(0)\n"
+        "img = np.clip(rng.rayleigh(40.0, (2, 30, 26)), 0, 255)\n"
+        "np.save(sys.argv[1], solve_confidence_maps(img, ConfMapParams()))\n"
+    )
+    out = tmp_path / "maps.npy"
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "using the torch factorisation" in done.stderr
+    img = np.clip(np.random.default_rng(0).rayleigh(40.0, (2, 30, 26)), 0, 255)
+    np.testing.assert_allclose(np.load(out), solve_confidence_maps(img, ConfMapParams()), rtol=0, atol=1e-6)

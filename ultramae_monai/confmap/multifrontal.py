@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ultramae_monai.confmap.multifrontal_blas import factorize_cpu, release
+from ultramae_monai.confmap.cpu_engine import ENGINE
 from ultramae_monai.confmap.multifrontal_cpu import (
     backward_lower,
     factor_lower,
@@ -311,14 +311,17 @@ def solve_multifrontal_batch(
 
 
 def _solve_mixed_cpu(coef: np.ndarray, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
-    """float32 factor + float64 CG (:mod:`.multifrontal_blas`, :mod:`.refine`); None if either gives up."""
-    factor = factorize_cpu(coef, shape)
+    """float32 factor + float64 CG (:mod:`.multifrontal_blas`, :mod:`.refine`); None if either gives up
+    (or the engine is unavailable: :mod:`.cpu_engine`)."""
+    if ENGINE is None:
+        return None
+    factor = ENGINE.factorize_cpu(coef, shape)
     if factor is None:  # a float32 pivot was not positive
         return None
     try:
         x, info = pcg_refine(coef, b, shape, factor.precondition)
     finally:
-        release(factor)
+        ENGINE.release(factor)
     return x if info.converged else None
 
 

@@ -41,9 +41,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ultramae_monai.confmap.cpu_engine import ENGINE
 from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
 from ultramae_monai.confmap.multifrontal import MultifrontalFactor, csr_to_stencil, factorize, solve_factored
-from ultramae_monai.confmap.multifrontal_blas import CpuFactor, factorize_cpu, solve_cpu
 from ultramae_monai.confmap.multigrid_cpu import SolveInfo
 from ultramae_monai.confmap.refine import matvec_9pt
 from ultramae_monai.confmap.seeds import Seeds
@@ -167,17 +167,17 @@ def slice_system(weights: EdgeWeights, seeds: Seeds, fov: np.ndarray | None = No
 @dataclass
 class SliceFactors:
     """Factors of the slice blocks: ``chunks[k]`` factorises slices ``index[k]`` together, either exactly
-    (float64 :class:`MultifrontalFactor`) or in float32 (:class:`CpuFactor`, one float32 solve per block)."""
+    (float64 :class:`MultifrontalFactor`) or in float32 (the CPU engine's ``CpuFactor``, one float32 solve per block)."""
 
     index: list[np.ndarray]
-    chunks: list[MultifrontalFactor | CpuFactor]
+    chunks: list  # MultifrontalFactor, or the CPU engine's CpuFactor
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the factors (the dense blocks and the packed CPU part, or the float32 factor)."""
         total = 0
         for f in self.chunks:
-            if isinstance(f, CpuFactor):
+            if not isinstance(f, MultifrontalFactor):
                 total += f.lbuf.nbytes
                 continue
             total += 0 if f.lower is None else f.lower.nbytes
@@ -193,8 +193,8 @@ class SliceFactors:
         for idx, f in zip(self.index, self.chunks, strict=True):
             if not wanted[idx].all():
                 continue
-            if isinstance(f, CpuFactor):
-                out[idx] = solve_cpu(f, rhs[idx])
+            if not isinstance(f, MultifrontalFactor):
+                out[idx] = ENGINE.solve_cpu(f, rhs[idx])
             else:
                 out[idx] = solve_factored(f, torch.from_numpy(np.ascontiguousarray(rhs[idx]))).numpy()
 
@@ -230,7 +230,7 @@ def factor_slices(coef: np.ndarray, shape: tuple[int, int], chunk: int = 16, pre
         for k in range(0, len(ids), chunk):
             sel = ids[k : k + chunk]
             block = np.ascontiguousarray(coef[sel])
-            factor = factorize_cpu(block, shape) if precision == "mixed" else None
+            factor = ENGINE.factorize_cpu(block, shape) if precision == "mixed" and ENGINE is not None else None
             index.append(sel)
             chunks.append(factor if factor is not None else factorize(torch.from_numpy(block), shape))
     return SliceFactors(index=index, chunks=chunks)
