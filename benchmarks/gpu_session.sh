@@ -27,16 +27,14 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   echo "=== $name exit $? after ${SECONDS}s total"
   tail -n 4 "$OUT/$name.log"
 }
-step confmap2d "${LIMIT_CONFMAP:-150}" python3 benchmarks/bench_confmap_gpu.py --images .gpu/us224.npy \
-  --reference .gpu/us224_cpu_maps.npy --batches 1 16 64 128 256 --vit-batch 64 --budget 1.5 \
-  --json "$OUT/confmap2d.json"
-step confmap3d "${LIMIT_VOLUME:-120}" python3 benchmarks/bench_confmap_gpu.py --volume .gpu/Case3_US-before.nii.gz \
-  --volume-reference .gpu/resect_case3_map_sub4.npy --json "$OUT/confmap3d.json"
-step network "${LIMIT_NETWORK:-330}" python3 benchmarks/bench_network.py --device cuda --steps 8 --warmup 3 \
-  --timeout 150 --json "$OUT/network.json" --configs \
-  ultramae:bf16:128 ultramae:bf16:128:fused ultramae:bf16:256:fused ultramae:bf16:512:fused \
-  ultramae:bf16:1024:fused ultramae:bf16:512:fused:compile monai:bf16:128 ultramae:fp32:128:fused monai:fp32:128
-step end_to_end "${LIMIT_E2E:-120}" python3 benchmarks/bench_pretrain_throughput.py --pool .gpu/us256_pool.npz \
-  --count 2400 --data /tmp/e2e_data --presets base --img_size 224 --batch 256 --workers 12 --steps 6 \
-  --rounds 3 --warmup 2 --json "$OUT/end_to_end.json"
+step confmap2d "${LIMIT_CONFMAP:-110}" python3 benchmarks/bench_confmap_gpu.py --images .gpu/us224.npy \
+  --reference .gpu/us224_cpu_maps.npy --batches 1 16 64 128 256 --vit-batch 64 --budget 1.0
+step confmap3d "${LIMIT_VOLUME:-75}" python3 benchmarks/bench_confmap_gpu.py --volume .gpu/Case3_US-before.nii.gz \
+  --volume-reference .gpu/resect_case3_map_sub4.npy --save-volume-sub4 "$OUT/volume_sub4.npy"
+step network "${LIMIT_NETWORK:-220}" python3 benchmarks/bench_network.py --device cuda --steps 8 --warmup 3 \
+  --timeout 150 --configs ultramae:bf16:128 ultramae:bf16:128:fused ultramae:bf16:512:fused \
+  ultramae:bf16:1024:fused ultramae:bf16:512:fused:compile monai:bf16:128 ultramae:fp32:128:fused
+step end_to_end "${LIMIT_E2E:-90}" python3 benchmarks/bench_pretrain_throughput.py --pool .gpu/us256_pool.npz \
+  --count 2400 --data /tmp/e2e_data --presets base --img_size 224 --batch 256 --workers 12 --steps 5 \
+  --rounds 3 --warmup 2
 echo "done in ${SECONDS}s"
