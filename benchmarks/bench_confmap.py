@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from confmap_cases import cases  # benchmarks/ is on sys.path when a script here runs
 from monai.transforms import UltrasoundConfidenceMapTransform
-from PIL import Image
 
 from ultramae_monai.confmap import confidence_map
 
@@ -63,23 +62,6 @@ def bench_3d() -> list[str]:
     return rows
 
 
-def bench_cine() -> list[str]:
-    from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map
-    from ultramae_monai.data.load import load_ultrasound
-
-    clip = load_ultrasound(sorted((DATA / "pocus").rglob("*.mp4"))[0], max_frames=6)
-    frames = [np.asarray(Image.fromarray(f.numpy().astype(np.uint8)).resize((128, 128))) for f in clip[0]]
-    params = ConfMapParams(gamma=0.3, backend="multigrid", tol=1e-10)
-    cold = [solve_confidence_map(f.astype(np.float64), params)[1].iterations for f in frames]
-    warm, prev = [], None
-    for f in frames:
-        prev, info = solve_confidence_map(f.astype(np.float64), params, x0=prev)
-        warm.append(info.iterations)
-    line = f"| POCUS clip, 6 frames 128x128, gamma 0.3, multigrid | {sum(cold)} | {sum(warm)} |"
-    print(line, flush=True)
-    return ["| cine | CG iterations cold | warm-started |", "|---|---|---|", line]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true")
@@ -93,7 +75,7 @@ def main() -> None:
     )
     print(head)
     body = [head, "", "### 2D, default solver (nested-dissection SuperLU), sink 'all'", "", *bench_2d()]
-    body += ["", "### 3D (direct solver)", "", *bench_3d(), "", "### Cine warm start", "", *bench_cine()]
+    body += ["", "### 3D (direct solver)", "", *bench_3d()]
     if args.write:
         doc = REPO / "docs" / "benchmarks.md"
         text = doc.read_text()

@@ -15,16 +15,14 @@ from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import (
     csr_to_stencil,
-    default_cut,
     factorize,
     solve_factored,
     solve_multifrontal,
     solve_multifrontal_batch,
-    stencil_from_2d,
 )
 from ultramae_monai.confmap.multifrontal_symbolic import symbolic
 from ultramae_monai.confmap.seeds import Seeds, make_seeds
-from ultramae_monai.confmap.stencil import assemble_2d
+from ultramae_monai.confmap.stencil import stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
 from ultramae_monai.errors import InvalidInputError
 
@@ -71,16 +69,16 @@ def test_random_systems_equal_spsolve(shape: tuple[int, int]) -> None:
         assert _rel_err(solve_multifrontal(mat, b, shape), ref) < 1e-10
 
 
-def test_every_cut_between_cpu_kernels_and_batched_levels_agrees() -> None:
+def test_small_fronts_kept_inverted_solve_the_same_systems() -> None:
     shape = (37, 29)
     mat, b = _random_system(shape, 3)
     ref = spla.spsolve(mat.tocsc(), b)
     coef = torch.from_numpy(csr_to_stencil(mat, shape))[None]
     b_t = torch.from_numpy(b)[None]
-    n_levels = len(symbolic(shape).levels)
-    for cut in range(n_levels + 1):  # 0: all torch levels (the GPU code path); n_levels: all CPU kernels
-        x = solve_factored(factorize(coef, shape, cut), b_t)[0].numpy()
-        assert _rel_err(x, ref) < 1e-10, cut
+    for invert_below in (0, 8, 32, 10**6):  # never, the leaves, most levels, every level
+        factor = factorize(coef, shape, invert_below=invert_below)
+        assert any(factor.inverted) == (invert_below > 0)
+        assert _rel_err(solve_factored(factor, b_t)[0].numpy(), ref) < 1e-9, invert_below
 
 
 def test_symbolic_eliminates_every_node_once() -> None:
@@ -102,8 +100,8 @@ def test_batch_equals_single_and_stencil_path_equals_csr() -> None:
     # the default CPU path: float32 factor refined by float64 CG
     xm = solve_multifrontal_batch(coef, bs, shape).numpy()
     np.testing.assert_allclose(xm, xb, rtol=0, atol=1e-6 * np.abs(xb).max())
-    # the torch-only path (as on a GPU) on a batch
-    x0 = solve_factored(factorize(torch.from_numpy(coef), shape, 0), torch.from_numpy(bs)).numpy()
+    # the torch factorisation (the GPU path) on a batch
+    x0 = solve_factored(factorize(torch.from_numpy(coef), shape), torch.from_numpy(bs)).numpy()
     np.testing.assert_allclose(x0, xb, rtol=0, atol=1e-11)
 
 
@@ -125,10 +123,10 @@ def test_real_confidence_maps(shared_data, name: str, gamma: float) -> None:
     cmap[seeds.fixed] = seeds.value[seeds.fixed]
     ref = np.load(shared_data / "confmap_reference" / f"{name}_result.npy")
     assert np.abs(cmap - ref).max() <= 1e-4
-    # the stencil arrays give the same system without CSR assembly
-    st = assemble_2d(ew, seeds)
-    coef = stencil_from_2d(st.c, st.s, st.e, st.se, st.ne)
+    # the compiled stencil assembly gives the same system without CSR assembly
+    coef, rhs = stencil_9pt(ew, seeds)
     np.testing.assert_array_equal(coef, csr_to_stencil(mat, shape))
+    np.testing.assert_allclose(rhs, b, rtol=0, atol=1e-15)
 
 
 def test_bad_input_raises() -> None:
@@ -147,12 +145,6 @@ def test_bad_input_raises() -> None:
         solve_multifrontal(neg.tocsr(), b, (6, 7))
     with pytest.raises(InvalidInputError, match="expected coef"):
         solve_multifrontal_batch(np.zeros((1, 42, 8)), np.zeros((1, 42)), (6, 7))
-
-
-def test_default_cut_is_cpu_only() -> None:
-    sym = symbolic((64, 64))
-    assert 0 < default_cut(sym, torch.device("cpu")) <= len(sym.levels)
-    assert default_cut(sym, torch.device("meta")) == 0
 
 
 @pytest.mark.gpu

@@ -5,19 +5,19 @@ seeds), so with default arguments a 2D map equals MONAI's to solver round-off. W
 of beam axis, a field-of-view mask (graph restricted to the FOV, 0 outside), 3D volumes (see
 :func:`ultramae_monai.confmap.graph.edge_offsets` for the neighbourhoods), input checks, and solvers:
 
-* ``multifrontal`` (``auto`` in 2D): multifrontal Cholesky on the grid's nested-dissection tree. On a
-  CPU the factor is float32 with BLAS-3 fronts, walked tree-parallel
-  (:mod:`ultramae_monai.confmap.multifrontal_blas`), and float64 conjugate gradients preconditioned by
-  it refine the map to an estimated 1e-6 (:mod:`ultramae_monai.confmap.refine`; 2-3 steps); on CUDA,
-  and as the CPU fallback, the exact float64 level-batched factorisation
-  (:mod:`ultramae_monai.confmap.multifrontal`). Batches of frames factorise together;
-* ``direct`` (``auto`` in 3D): SuperLU in geometric nested-dissection order (exact, any grid);
-* ``slices`` (``auto`` for volumes over 200k voxels): CG preconditioned by a symmetric red-black
-  Gauss-Seidel sweep over exactly factorised (beam, W) slices (:mod:`ultramae_monai.confmap.volume_solver`);
-  exact to ``tol`` but slow at full size (see ``docs/confidence_map_solver.md``);
-* ``multigrid``: semicoarsening-multigrid-preconditioned CG (2D; supports warm starts ``x0``). It is
-  exact to ``tol`` but, on real speckle, needs hundreds of iterations (see ``docs/confidence_map.md``),
-  so it is never chosen automatically.
+One solver per situation (each justified by a row of ``docs/benchmarks.md``):
+
+* 2D on a CPU (``multifrontal``, the ``auto`` choice): multifrontal Cholesky on the grid's
+  nested-dissection tree with float32 BLAS-3 fronts (:mod:`.cpu_engine`), refined to float64 by a few
+  preconditioned CG steps (:mod:`.refine`); the exact level-batched torch factorisation
+  (:mod:`.multifrontal`) is its fallback. Batches of frames factorise together.
+* 2D on a GPU (CUDA tensors, :func:`batch_confidence_maps`): model, systems, factorisation and solve as
+  batched torch kernels on the device (:mod:`.device_solver`).
+* 3D, small volumes (``direct``, ``auto`` up to 200k voxels), and the reference everywhere: SuperLU in
+  geometric nested-dissection order (:mod:`.direct`).
+* 3D, large volumes (``slices``): CG preconditioned by a symmetric red-black Gauss-Seidel sweep over
+  exactly factorised (beam, W) slices, on the CPU (:mod:`.volume_solver`) or on a GPU
+  (:mod:`.volume_device`).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from ultramae_monai.confmap.device_solver import device_confidence_maps
 from ultramae_monai.confmap.direct import solve_direct
 from ultramae_monai.confmap.graph import EdgeWeights, attenuation, edge_weights, normalize
 from ultramae_monai.confmap.multifrontal import solve_multifrontal_batch
-from ultramae_monai.confmap.multigrid_cpu import SolveInfo, build_hierarchy, pcg_solve
 from ultramae_monai.confmap.seeds import SINK_MODES, Seeds, column_fill, make_seeds
-from ultramae_monai.confmap.stencil import assemble_2d, stencil_9pt
+from ultramae_monai.confmap.stencil import stencil_9pt
 from ultramae_monai.confmap.system import assemble_csr
 from ultramae_monai.confmap.volume_device import volume_confidence_map
 from ultramae_monai.confmap.volume_solver import slice_system, solve_volume
-from ultramae_monai.errors import ConvergenceError, InvalidInputError
+from ultramae_monai.errors import InvalidInputError
 
 __all__ = [
     "BACKENDS",
     "ConfMapParams",
+    "SolveInfo",
     "batch_confidence_maps",
     "confidence_map",
     "resolve_backend",
@@ -51,10 +51,18 @@ __all__ = [
     "solve_confidence_maps",
 ]
 
-BACKENDS = ("auto", "multifrontal", "direct", "slices", "multigrid")
+BACKENDS = ("auto", "multifrontal", "direct", "slices")
 
 # above this many voxels SuperLU-ND needs tens of GB (dense separator fronts): use slice-preconditioned CG
 _DIRECT_MAX_VOXELS = 200_000
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """Outcome of a solve: iterations used (1 for a direct solve) and the final relative residual ``|b - Ax| / |b|``."""
+
+    iterations: int
+    residual: float
 
 
 @dataclass(frozen=True)
@@ -216,8 +224,8 @@ def solve_confidence_maps(
     """Maps of a batch of 2D images ``(B, H, W)`` (beam along axis 1) of one shape, sharing masks.
 
     With the ``multifrontal`` backend (the ``auto`` choice) the batch is factorised together; with a CUDA
-    ``device`` the whole computation runs there (:func:`batch_confidence_maps`). Other backends solve the
-    images one after the other (``multigrid`` warm-starts each from the previous map, which suits cine frames).
+    ``device`` the whole computation runs there (:func:`batch_confidence_maps`). The ``direct`` backend
+    solves the images one after the other.
     """
     if images.ndim != 3:
         raise InvalidInputError(f"expected a batch of 2D images (B, H, W), got shape {images.shape}")
@@ -226,11 +234,7 @@ def solve_confidence_maps(
         x = torch.as_tensor(np.asarray(images, dtype=np.float64), device=device)
         return batch_confidence_maps(x, fov_mask, params, on_device=True).double().cpu().numpy()
     if backend != "multifrontal":
-        out, prev = np.zeros(images.shape), None
-        for i, img in enumerate(images):
-            out[i], _ = solve_confidence_map(img, params, sink_mask, fov_mask, x0=prev)
-            prev = out[i]
-        return out
+        return np.stack([solve_confidence_map(img, params, sink_mask, fov_mask)[0] for img in images])
     problems = [_prepare(img, params, sink_mask, fov_mask) for img in images]
     todo = [i for i, p in enumerate(problems) if p is not None]
     out = np.zeros(images.shape)
@@ -251,7 +255,7 @@ def solve_confidence_map(
 ) -> tuple[np.ndarray, SolveInfo]:
     """Core solve on a float64 array with the beam along axis 0; returns the float64 map and solver info.
 
-    ``x0`` (a previous map of the same shape) warm-starts the ``multigrid`` backend.
+    ``x0`` (a previous map of the same shape) warm-starts the ``slices`` backend.
     """
     problem = _prepare(image, params, sink_mask, fov_mask)
     if problem is None:
@@ -260,29 +264,18 @@ def solve_confidence_map(
     backend = resolve_backend(params.backend, image.ndim, image.size)
     if backend == "slices" and image.ndim != 3:
         raise InvalidInputError("the slices backend handles 3D volumes only")
-    if backend in ("multigrid", "multifrontal") and not (image.ndim == 2 and _is_8_connected_2d(problem)):
+    if backend == "multifrontal" and not (image.ndim == 2 and _is_8_connected_2d(problem)):
         raise InvalidInputError(f"the {backend} backend handles 8-connected 2D images only")
     info = SolveInfo(iterations=1, residual=0.0)
-    if backend == "multigrid":
-        st = assemble_2d(weights, seeds, fov)
-        start = None
-        if x0 is not None and x0.shape == image.shape:
-            start = np.zeros_like(st.b)
-            start[1:-1, 1:-1] = np.where(seeds.held(fov), 0.0, x0)
-        xp, info = pcg_solve(build_hierarchy(st), st.b, start, params.tol, params.max_iter)
-        if not info.residual <= params.tol:
-            raise ConvergenceError(
-                f"multigrid CG stopped after {info.iterations} iterations at relative residual "
-                f"{info.residual:.2e} > tol {params.tol:.1e}; use backend='multifrontal' or 'direct'"
-            )
-        x = xp[1:-1, 1:-1].copy()
-    elif backend == "multifrontal":
+    if backend == "multifrontal":
         x = _solve_multifrontal([problem], image.shape)[0]
     elif backend == "slices":
         split, b = slice_system(weights, seeds, fov)  # no grid matrix: it was the peak memory at full size
         start = None if x0 is None or x0.shape != image.shape else x0.ravel()
-        x, info = solve_volume(split, b, image.shape, tol=params.tol, max_iter=params.max_iter, x0=start)
-        x = x.reshape(image.shape)
+        x, iterations, residual = solve_volume(
+            split, b, image.shape, tol=params.tol, max_iter=params.max_iter, x0=start
+        )
+        x, info = x.reshape(image.shape), SolveInfo(iterations, residual)
     else:
         mat, b, _ = assemble_csr(weights, seeds, fov)
         x = solve_direct(mat, b, image.shape).reshape(image.shape)
@@ -310,7 +303,7 @@ def confidence_map(
     Returns float32, a tensor on the input's device for tensor input, else a numpy array. Raises
     :class:`~ultramae_monai.errors.InvalidInputError` for NaN/Inf, < 3 px along an axis, wrong
     dimensionality or invalid parameters, and :class:`~ultramae_monai.errors.ConvergenceError` when the
-    ``multigrid`` backend does not reach ``tol`` within ``max_iter`` iterations.
+    ``slices`` backend does not reach ``tol`` within ``max_iter`` iterations.
     """
     params = ConfMapParams(alpha, beta, gamma, mode, sink_mode, backend, tol, max_iter, connectivity)
     if image.ndim not in (2, 3):

@@ -86,10 +86,10 @@ def pcg_steps(
 def _solve_system(system: DeviceSystem, shape: tuple[int, int], precision: str, steps: int):
     """Raw solutions ``(B, H * W)`` float64, the error estimate ``(B,)`` and the factorisation's SPD flag."""
     if precision == "float64":
-        factor = factorize(system.coef, shape, cut=0, check=False)
+        factor = factorize(system.coef, shape, check=False)
         x = solve_factored(factor, system.rhs)
         return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), factor.ok
-    factor = factorize(system.coef.float(), shape, cut=0, check=False)
+    factor = factorize(system.coef.float(), shape, check=False)
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
         return solve_factored(factor, r.float()).double()

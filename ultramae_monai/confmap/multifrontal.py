@@ -1,14 +1,17 @@
-"""Exact solve of 9-point grid systems by a level-batched multifrontal Cholesky, in torch (CPU or CUDA).
+"""Exact solve of 9-point grid systems by a level-batched multifrontal Cholesky in torch, on any device.
 
 The confidence-map system (:func:`ultramae_monai.confmap.system.assemble_csr`) is SPD with a 9-point
 stencil on the image grid. Its nested-dissection elimination tree is fixed by the grid shape
 (:mod:`ultramae_monai.confmap.multifrontal_symbolic`), so all index bookkeeping is done once per shape and
 the numeric work is, per tree level, one gather (assembly), one scatter-add (extend-add) and three
 batched dense kernels: ``L11 = chol(F11)``, ``L21 = F21 L11^-T``, ``U = F22 - L21 L21^T`` (Duff & Reid,
-ACM TOMS 9(3), 1983). A batch of systems of one shape (cine frames) just enlarges every batch. The same
-code runs on CUDA, where the per-level batching is what makes the many small fronts of the lower tree
-levels efficient. Unlike multigrid, the cost does not depend on the weights (beta = 90 speckle makes the
-edge weights span 1e-5..1, which ruins geometric multigrid convergence).
+ACM TOMS 9(3), 1983). A batch of systems of one shape (cine frames, slices of a volume) just enlarges every
+batch, which is what keeps a GPU busy on the many small fronts of the lower levels. The cost does not
+depend on the weights (beta = 90 speckle makes the edge weights span 1e-5..1, which ruins iterative
+solvers). Any floating dtype: float64 is exact; float32 serves as a preconditioner (:mod:`.device_solver`).
+
+On a CPU the float32 BLAS engine (:mod:`.cpu_engine`) is an order of magnitude faster, so
+:func:`solve_multifrontal_batch` uses it there and this factorisation is its exact fallback.
 """
 
 from __future__ import annotations
@@ -21,13 +24,6 @@ import scipy.sparse as sp
 import torch
 
 from ultramae_monai.confmap.cpu_engine import ENGINE
-from ultramae_monai.confmap.multifrontal_cpu import (
-    backward_lower,
-    factor_lower,
-    forward_lower,
-    gather_into,
-    lower_plan,
-)
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.errors import InvalidInputError
@@ -35,36 +31,43 @@ from ultramae_monai.errors import InvalidInputError
 __all__ = [
     "MultifrontalFactor",
     "csr_to_stencil",
-    "default_cut",
     "factorize",
     "solve_factored",
     "solve_multifrontal",
     "solve_multifrontal_batch",
-    "stencil_from_2d",
 ]
 
 
-def _maps(sym: Symbolic, device: torch.device) -> list:
-    """The symbolic index arrays as int64 tensors on ``device`` (cached per structure and device)."""
-    return _maps_cached(sym, str(device))
+@dataclass(frozen=True)
+class _LevelMaps:
+    """One level's index arrays on a device (see :class:`~.multifrontal_symbolic.Level`)."""
+
+    elim: torch.Tensor
+    ring: torch.Tensor
+    asm_src: torch.Tensor
+    asm_dst: torch.Tensor
+    pad_diag: torch.Tensor
+    children: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
 
 
 @lru_cache(maxsize=16)
-def _maps_cached(sym: Symbolic, device: str) -> list:
+def _maps(sym: Symbolic, device: str) -> tuple[_LevelMaps, ...]:
+    """The symbolic index arrays as int64 tensors on ``device`` (cached per structure and device)."""
+
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.int64, device=device)
 
-    return [
-        (
+    return tuple(
+        _LevelMaps(
             t(lv.elim),
             t(lv.ring),
             t(lv.asm_src),
             t(lv.asm_dst),
             t(lv.pad_diag),
-            [(c, t(s), t(d)) for c, s, d in lv.children],
+            tuple((c, t(s), t(d)) for c, s, d in lv.children),
         )
         for lv in sym.levels
-    ]
+    )
 
 
 def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
@@ -91,73 +94,19 @@ def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
     return out.reshape(n, 9)
 
 
-def stencil_from_2d(c: np.ndarray, s: np.ndarray, e: np.ndarray, se: np.ndarray, ne: np.ndarray) -> np.ndarray:
-    """``(H * W, 9)`` coefficients from the padded ``(H + 2, W + 2)`` arrays of a ``Stencil2D``.
-
-    This skips CSR assembly: the stencil is built with a few slicing passes.
-    """
-    h, w = c.shape[0] - 2, c.shape[1] - 2
-    i, j = slice(1, h + 1), slice(1, w + 1)
-    im, jm, ip = slice(0, h), slice(0, w), slice(2, h + 2)
-    cols = (
-        se[im, jm],  # (-1, -1): the below-right coupling of the node above-left
-        s[im, j],  # (-1, 0)
-        ne[i, j],  # (-1, +1)
-        e[i, jm],  # (0, -1)
-        c[i, j],
-        e[i, j],  # (0, +1)
-        ne[ip, jm],  # (+1, -1): the above-right coupling of the node below-left
-        s[i, j],  # (+1, 0)
-        se[i, j],  # (+1, +1)
-    )
-    return np.stack(cols, axis=-1).reshape(h * w, 9)
-
-
-def default_cut(sym: Symbolic, device: torch.device) -> int:
-    """Tree height below which the CPU kernels run: levels of many small fronts (none on a GPU).
-
-    The compiled per-front loop beats padded batched kernels while fronts fit in cache; large fronts
-    (or few of them) go to torch, where MKL's blocked kernels win.
-    """
-    if device.type != "cpu":
-        return 0
-    big = (k for k, lv in enumerate(sym.levels) if lv.nb <= _CPU_BATCHED_FRONTS or lv.S + lv.R > _CPU_MAX_FRONT)
-    return next(big, len(sym.levels))
-
-
-_CPU_BATCHED_FRONTS = 16  # on a CPU, levels with at most this many fronts use batched BLAS ...
-_CPU_MAX_FRONT = 480  # ... and so do levels with fronts larger than this
-
-
 @dataclass
 class MultifrontalFactor:
-    """The factor: compact CPU blocks below tree height ``cut`` and ``(L11, L21)`` per level from ``cut`` up.
+    """The factor, level by level: ``blocks[k] = (D11, L21)`` with ``L21`` ``(B * nb, R, S)`` (None at the root).
 
-    ``L11`` is ``(B * nb, S, S)``, ``L21`` ``(B * nb, R, S)`` (``None`` at the root level). ``ok`` is a
-    0-d bool tensor on the factor's device: every pivot was positive (the matrices were SPD).
+    ``D11`` is ``L11`` ``(B * nb, S, S)``, or its inverse where ``inverted[k]`` (small fronts, see
+    :func:`factorize`). ``ok`` is a 0-d bool tensor on the factor's device: every pivot was positive.
     """
 
     sym: Symbolic
     batch: int
-    cut: int
-    lower: np.ndarray | None
-    blocks: list[tuple[torch.Tensor, torch.Tensor | None] | None]
+    blocks: list[tuple[torch.Tensor, torch.Tensor | None]]
+    inverted: list[bool]
     ok: torch.Tensor
-
-
-@lru_cache(maxsize=16)
-def _root_scatter(sym: Symbolic, cut: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per height below ``cut``: where the packed root updates go in that level's padded update array."""
-    plan = lower_plan(sym, cut)
-    ring_len = np.diff(sym.tree.ring_ptr)
-    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for t, k in enumerate(plan.root):
-        h, r = int(sym.tree.height[k]), int(ring_len[k])
-        big_r = sym.levels[h].R
-        a, b = np.tril_indices(r)
-        src = plan.u_ptr[t] + a * (a + 1) // 2 + b
-        out.setdefault(h, []).append((src, (sym.tree.level_pos[k] * big_r + a) * big_r + b))
-    return {h: (np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v])) for h, v in out.items()}
 
 
 _SCHUR_BLOCK = 128  # update blocks up to this size are formed whole
@@ -180,102 +129,76 @@ def _schur_lower_(f22: torch.Tensor, l21: torch.Tensor) -> torch.Tensor:
 
 
 def factorize(
-    coef: torch.Tensor, shape: tuple[int, int], cut: int | None = None, check: bool = True
+    coef: torch.Tensor, shape: tuple[int, int], check: bool = True, invert_below: int = 0
 ) -> MultifrontalFactor:
     """Factorise a batch of SPD 9-point systems given as stencil coefficients ``(B, H * W, 9)``.
 
-    Tree levels below height ``cut`` (default :func:`default_cut`) use the CPU kernels, the rest batched
-    torch kernels on ``coef``'s device and in its dtype. ``check`` raises when a pivot is not positive; without
-    it nothing waits for the device (the caller reads ``factor.ok``), so the factorisation can be captured
-    in a CUDA graph.
+    Batched torch kernels on ``coef``'s device and in its dtype. ``check`` raises when a pivot is not
+    positive; without it nothing waits for the device (the caller reads ``factor.ok``), so the
+    factorisation can be captured in a CUDA graph. Levels whose fronts eliminate at most ``invert_below``
+    nodes keep ``L11^-1`` instead of ``L11``: the triangular solves of those many small fronts become
+    batched matrix products (0: never).
     """
     sym = symbolic(tuple(shape))
     device = coef.device
-    cut = default_cut(sym, device) if cut is None else min(int(cut), len(sym.levels))
-    maps = _maps(sym, device)
+    maps = _maps(sym, str(device))
     batch = coef.shape[0]
     flat = coef.reshape(batch, -1)
     updates: dict[int, torch.Tensor] = {}
-    lower = None
-    ok = True
-    if cut > 0:
-        plan = lower_plan(sym, cut)
-        lower, uroot, ok = factor_lower(sym, plan, flat.cpu().numpy())
-        for h, (src, dst) in _root_scatter(sym, cut).items():
-            lv = sym.levels[h]
-            u = np.zeros((batch, lv.nb * lv.R * lv.R))
-            u[:, dst] = uroot[:, src]
-            updates[h] = torch.from_numpy(u).to(device)
     last_use = {c: k for k, lv in enumerate(sym.levels) for c, _, _ in lv.children}
-    blocks: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * cut
+    blocks: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    inverted: list[bool] = []
     bad = torch.zeros((), dtype=torch.bool, device=device)
-    for k in range(cut, len(sym.levels)):
-        lv, (_, _, src, dst, pad, kids) = sym.levels[k], maps[k]
+    for k, (lv, mp) in enumerate(zip(sym.levels, maps, strict=True)):
         s_, m = lv.S, lv.S + lv.R
         front = flat.new_zeros(batch, lv.nb * m * m)
-        on_cpu = device.type == "cpu"
-        if on_cpu:
-            gather_into(front.numpy(), lv.asm_dst, flat.numpy(), lv.asm_src, False)
-        else:
-            front[:, dst] = flat[:, src]
-        front[:, pad] = 1.0
-        for (c, csrc, cdst), (_, csrc_np, cdst_np) in zip(kids, lv.children, strict=True):
-            u = updates[c].reshape(batch, -1)
-            if on_cpu:
-                gather_into(front.numpy(), cdst_np, u.numpy(), csrc_np, True)
-            else:
-                front.index_add_(1, cdst, u[:, csrc])
+        front[:, mp.asm_dst] = flat[:, mp.asm_src]
+        front[:, mp.pad_diag] = 1.0
+        for c, csrc, cdst in mp.children:
+            front.index_add_(1, cdst, updates[c].reshape(batch, -1)[:, csrc])
             if last_use[c] == k:
                 del updates[c]
         front = front.view(batch * lv.nb, m, m)
         l11, info = torch.linalg.cholesky_ex(front[:, :s_, :s_])
         bad |= (info != 0).any()
+        invert = s_ <= invert_below
+        d11 = torch.linalg.inv_ex(l11)[0] if invert else l11
+        l21 = None
         if lv.R:
-            l21 = torch.linalg.solve_triangular(l11.mT, front[:, s_:, :s_], upper=True, left=False)
+            if invert:
+                l21 = front[:, s_:, :s_] @ d11.mT
+            else:
+                l21 = torch.linalg.solve_triangular(l11.mT, front[:, s_:, :s_], upper=True, left=False)
             updates[k] = _schur_lower_(front[:, s_:, s_:], l21).contiguous()
-            blocks.append((l11, l21))
-        else:
-            blocks.append((l11, None))
-    good = ~bad if ok else torch.zeros((), dtype=torch.bool, device=device)
-    if check and not bool(good):
+        blocks.append((d11, l21))
+        inverted.append(invert)
+    if check and bool(bad):
         raise InvalidInputError("the system matrix is not symmetric positive definite")
-    return MultifrontalFactor(sym, batch, cut, lower, blocks, good)
+    return MultifrontalFactor(sym, batch, blocks, inverted, ~bad)
 
 
 def solve_factored(factor: MultifrontalFactor, b: torch.Tensor) -> torch.Tensor:
     """Solve with a factor for right-hand sides ``b`` ``(B, H * W)``: forward then backward over the levels."""
-    sym, batch, cut = factor.sym, factor.batch, factor.cut
+    sym, batch = factor.sym, factor.batch
     n = sym.shape[0] * sym.shape[1]
-    maps = _maps(sym, b.device)
-    if cut > 0:
-        plan = lower_plan(sym, cut)
-        xn = np.zeros((batch, n + 1))  # slot n absorbs the padding
-        xn[:, :n] = b.cpu().numpy()
-        forward_lower(sym, plan, factor.lower, xn)
-        x = torch.from_numpy(xn).to(b.device)
-    else:
-        x = b.new_zeros(batch, n + 1)
-        x[:, :n] = b
-    upper = list(zip(sym.levels[cut:], factor.blocks[cut:], maps[cut:], strict=True))
-    for lv, (l11, l21), (elim, ring, *_) in upper:
-        y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
-        y = torch.linalg.solve_triangular(l11, y, upper=False)
-        x[:, elim] = y.view(batch, -1, lv.S)
+    maps = _maps(sym, str(b.device))
+    x = b.new_zeros(batch, n + 1)  # slot n absorbs the padding
+    x[:, :n] = b
+    levels = list(zip(sym.levels, factor.blocks, factor.inverted, maps, strict=True))
+    for lv, (d11, l21), inv, mp in levels:
+        y = x[:, mp.elim].reshape(batch * lv.nb, lv.S, 1)
+        y = d11 @ y if inv else torch.linalg.solve_triangular(d11, y, upper=False)
+        x[:, mp.elim] = y.view(batch, -1, lv.S)
         if l21 is not None:
-            x.index_add_(1, ring.reshape(-1), -(l21 @ y).view(batch, -1))
+            x.index_add_(1, mp.ring.reshape(-1), -(l21 @ y).view(batch, -1))
         x[:, n] = 0.0
-    for lv, (l11, l21), (elim, ring, *_) in reversed(upper):
-        y = x[:, elim].reshape(batch * lv.nb, lv.S, 1)
+    for lv, (d11, l21), inv, mp in reversed(levels):
+        y = x[:, mp.elim].reshape(batch * lv.nb, lv.S, 1)
         if l21 is not None:
-            y = y - l21.mT @ x[:, ring].reshape(batch * lv.nb, lv.R, 1)
-        y = torch.linalg.solve_triangular(l11.mT, y, upper=True)
-        x[:, elim] = y.view(batch, -1, lv.S)
+            y = y - l21.mT @ x[:, mp.ring].reshape(batch * lv.nb, lv.R, 1)
+        y = d11.mT @ y if inv else torch.linalg.solve_triangular(d11.mT, y, upper=True)
+        x[:, mp.elim] = y.view(batch, -1, lv.S)
         x[:, n] = 0.0
-    if cut > 0:
-        xn = x.cpu().numpy() if x.device.type != "cpu" else x.numpy()
-        xn = np.ascontiguousarray(xn)
-        backward_lower(sym, plan, factor.lower, xn)
-        x = torch.from_numpy(xn).to(b.device)
     return x[:, :n]
 
 
@@ -292,7 +215,7 @@ def solve_multifrontal_batch(
     with ``mixed`` (default) the factor is float32 and CG in float64 refines the solution to an estimated
     1e-6 (:func:`ultramae_monai.confmap.refine.pcg_refine`); should that fail, and on other devices, the
     factorisation is float64 and exact.
-    Build ``coef`` with :func:`csr_to_stencil` or, without a CSR matrix, :func:`stencil_from_2d`.
+    Build ``coef`` with :func:`csr_to_stencil` or :func:`~ultramae_monai.confmap.stencil.stencil_9pt`.
     """
     h, w = int(shape[0]), int(shape[1])
     coef_t = torch.as_tensor(coef, dtype=torch.float64, device=device)

@@ -170,7 +170,7 @@ def volume_confidence_map(
     system = _System(vol, alpha, beta, gamma, fov, connectivity)
     depth, h, w = system.shape
     even, odd = torch.arange(0, depth, 2, device=vol.device), torch.arange(1, depth, 2, device=vol.device)
-    factors = [(idx, factorize(system.coef[idx].float(), (h, w), cut=0)) for idx in (even, odd) if len(idx)]
+    factors = [(idx, factorize(system.coef[idx].float(), (h, w))) for idx in (even, odd) if len(idx)]
 
     def block_solve(rhs: torch.Tensor, z: torch.Tensor, which: int) -> None:
         idx, f = factors[which]

@@ -43,8 +43,7 @@ import torch
 
 from ultramae_monai.confmap.cpu_engine import ENGINE
 from ultramae_monai.confmap.graph import EdgeWeights, pair_slices
-from ultramae_monai.confmap.multifrontal import MultifrontalFactor, csr_to_stencil, factorize, solve_factored
-from ultramae_monai.confmap.multigrid_cpu import SolveInfo
+from ultramae_monai.confmap.multifrontal import MultifrontalFactor, factorize, solve_factored
 from ultramae_monai.confmap.refine import matvec_9pt
 from ultramae_monai.confmap.seeds import Seeds
 from ultramae_monai.confmap.system import degrees_and_rhs, free_edges
@@ -66,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECONDITIONERS = ("sgs", "jacobi", "sgs-coarse")
+PRECONDITIONERS = ("sgs", "jacobi")
 LOG_EVERY = 10  # CG iterations between progress lines: a full-size volume takes minutes
 PRECISIONS = ("mixed", "exact")
 _ROW_CHUNK = 1 << 21  # CSR rows converted per pass when splitting (bounds the int64 temporaries)
@@ -174,16 +173,14 @@ class SliceFactors:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the factors (the dense blocks and the packed CPU part, or the float32 factor)."""
+        """Bytes held by the factors (the dense level blocks, or the CPU engine's float32 factor)."""
         total = 0
         for f in self.chunks:
             if not isinstance(f, MultifrontalFactor):
                 total += f.lbuf.nbytes
                 continue
-            total += 0 if f.lower is None else f.lower.nbytes
             for blk in f.blocks:
-                if blk is not None:
-                    total += sum(t.numel() * t.element_size() for t in blk if t is not None)
+                total += sum(t.numel() * t.element_size() for t in blk if t is not None)
         return total
 
     def solve(self, rhs: np.ndarray, out: np.ndarray, slices: np.ndarray) -> None:
@@ -255,32 +252,6 @@ def _preconditioner(factors: SliceFactors, coupling: sp.csr_matrix, depth: int, 
     return apply
 
 
-def _collapsed_correction(split: SliceSplit, shape: tuple[int, int], matvec, smoother):
-    """Two-level preconditioner: the D-constant coarse space (all slices summed, one 2D 9-point system).
-
-    ``P = [I; ...; I]`` gives ``P^T A P = sum_d S_d - (N folded into one slice)``, factorised once. The
-    sweep coarse, smooth, coarse (exact coarse solves, symmetric smoother) is symmetric, and removes the
-    error modes that are constant along D which the slice smoother alone leaves.
-    """
-    depth, n2, _ = split.coef.shape
-    cpl = split.coupling.tocoo()
-    folded = sp.csr_matrix((-cpl.data, (cpl.row % n2, cpl.col % n2)), shape=(n2, n2))
-    coef = split.coef.sum(axis=0) + csr_to_stencil(folded, shape)
-    factor = factorize(torch.from_numpy(coef[None]), shape)
-
-    def coarse(r: np.ndarray) -> np.ndarray:
-        rc = r.reshape(depth, n2).sum(axis=0)[None]
-        xc = solve_factored(factor, torch.from_numpy(np.ascontiguousarray(rc))).numpy()[0]
-        return np.broadcast_to(xc, (depth, n2)).reshape(-1)
-
-    def apply(r: np.ndarray) -> np.ndarray:
-        z = coarse(r)
-        z = z + smoother(r - matvec(z))
-        return z + coarse(r - matvec(z))
-
-    return apply
-
-
 def solve_volume(
     system: sp.spmatrix | SliceSplit,
     b: np.ndarray,
@@ -291,11 +262,12 @@ def solve_volume(
     preconditioner: str = "sgs",
     chunk: int = 16,
     precision: str = "mixed",
-) -> tuple[np.ndarray, SolveInfo]:
+) -> tuple[np.ndarray, int, float]:
     """Solve an SPD ``(H, W, D)`` grid system in float64: the C-ordered matrix of ``assemble_csr``, or the
     same system already split into slices (:func:`slice_system`, which never forms the matrix).
 
-    ``b``, ``x0`` and the result are C-ordered. Stops when ``|b - A x| / |b| <= tol``; the default 1e-10
+    Returns the solution, the CG iterations and the final relative residual. ``b``, ``x0`` and the result
+    are C-ordered. Stops when ``|b - A x| / |b| <= tol``; the default 1e-10
     keeps the max abs error of a confidence map well below 1e-4 (the error is ~1e4 times the relative
     residual on RESECT volumes). ``precision``: float32 slice factors, one float32 solve per block
     (``"mixed"``), or float64 ones. Raises :class:`~ultramae_monai.errors.ConvergenceError` after
@@ -315,37 +287,34 @@ def solve_volume(
         "3D confidence map %dx%dx%d: %d slices factorised (%s, %.2f GB) in %.1f s; CG to relative residual %.0e",
         h, w, depth, depth, precision, factors.nbytes / 1e9, time.perf_counter() - t0, tol,
     )  # fmt: skip
-    precond = _preconditioner(factors, split.coupling, depth, preconditioner.split("-")[0])
+    precond = _preconditioner(factors, split.coupling, depth, preconditioner)
     slice_mat = slice_matvec(split, (h, w))
-
-    if preconditioner == "sgs-coarse":
-        precond = _collapsed_correction(split, (h, w), slice_mat, precond)
     bs = to_slice_major(np.asarray(b, dtype=np.float64), (h, w, depth))
     xs = np.zeros_like(bs) if x0 is None else to_slice_major(np.asarray(x0, dtype=np.float64), (h, w, depth))
     t0 = time.perf_counter()
-    xs, info = _pcg(slice_mat, precond, bs, xs, tol, max_iter, log_every=LOG_EVERY)
-    logger.info("3D confidence map: %d CG iterations in %.1f s", info.iterations, time.perf_counter() - t0)
-    if not info.residual <= tol:
+    xs, iterations, residual = _pcg(slice_mat, precond, bs, xs, tol, max_iter, log_every=LOG_EVERY)
+    logger.info("3D confidence map: %d CG iterations in %.1f s", iterations, time.perf_counter() - t0)
+    if not residual <= tol:
         raise ConvergenceError(
-            f"slice-preconditioned CG stopped after {info.iterations} iterations at relative residual "
-            f"{info.residual:.2e} > tol {tol:.1e}"
+            f"slice-preconditioned CG stopped after {iterations} iterations at relative residual "
+            f"{residual:.2e} > tol {tol:.1e}"
         )
-    return from_slice_major(xs, (h, w, depth)), info
+    return from_slice_major(xs, (h, w, depth)), iterations, residual
 
 
 def _pcg(
     matvec, precond, b: np.ndarray, x: np.ndarray, tol: float, max_iter: int, log_every: int = 0
-) -> tuple[np.ndarray, SolveInfo]:
+) -> tuple[np.ndarray, int, float]:
     """Flexible preconditioned conjugate gradients in float64 from ``x``; residual recomputed at the end.
     Every ``log_every`` iterations (0: never) the relative residual is logged at INFO."""
     bnorm = float(np.linalg.norm(b))
     if bnorm == 0.0:
-        return np.zeros_like(b), SolveInfo(iterations=0, residual=0.0)
+        return np.zeros_like(b), 0, 0.0
     r = b - matvec(x)
     res = float(np.linalg.norm(r)) / bnorm
     it = 0
     if res <= tol:
-        return x, SolveInfo(iterations=0, residual=res)
+        return x, 0, res
     z = precond(r)
     p = z.copy()
     rz = float(r @ z)
@@ -367,4 +336,4 @@ def _pcg(
         p += z
         rz = rz_new
     res = float(np.linalg.norm(b - matvec(x))) / bnorm
-    return x, SolveInfo(iterations=it, residual=res)
+    return x, it, res

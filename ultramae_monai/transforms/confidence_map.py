@@ -7,11 +7,11 @@ for drop-in compatibility and ignored) and computes the same map, but keeps the 
 float32 ``MetaTensor`` with the input's metadata, and handles every layout of the project convention:
 
 * still ``(C, H, W)``: one map per channel;
-* cine ``(C, T, H, W)``: one map per frame (and channel); the ``multigrid`` backend warm-starts each
-  frame from the previous frame's map;
+* cine ``(C, T, H, W)``: one map per frame (and channel), the frames factorised as one batch;
 * volume ``(C, H, W, D)``: the 3D random walk (``ultramae_monai.confmap.edge_offsets``).
 
-An optional field-of-view mask restricts the graph to the scan region (0 outside).
+An optional field-of-view mask restricts the graph to the scan region (0 outside). A CUDA tensor is mapped
+on its GPU (:func:`ultramae_monai.confmap.batch_confidence_maps`, ``volume_confidence_map``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from ultramae_monai.confmap.api import ConfMapParams, solve_confidence_map, solve_confidence_maps
+from ultramae_monai.confmap.api import (
+    ConfMapParams,
+    batch_confidence_maps,
+    confidence_map,
+    solve_confidence_map,
+    solve_confidence_maps,
+)
 from ultramae_monai.data.convention import KIND_CINE, KIND_VOLUME, MetaKeys, kind_of
 from ultramae_monai.errors import InvalidInputError
 
@@ -47,7 +53,7 @@ class UltrasoundConfidenceMap(Transform):
         alpha, beta, gamma, mode, sink_mode: as in MONAI's ``UltrasoundConfidenceMapTransform``.
         beam_axis: spatial axis along which the beam travels (0 = rows, the convention's depth axis);
             the transducer is at index 0 of that axis.
-        backend: ``"auto"``, ``"multifrontal"``, ``"direct"`` or ``"multigrid"`` (see :mod:`ultramae_monai.confmap.api`);
+        backend: ``"auto"``, ``"multifrontal"``, ``"direct"`` or ``"slices"`` (see :mod:`ultramae_monai.confmap.api`);
             cine frames are solved as one batch.
         connectivity: graph neighbourhood (2D: 8; 3D: 6, 10 or 14), default MONAI's 8 / 10 in 3D.
     """
@@ -69,14 +75,32 @@ class UltrasoundConfidenceMap(Transform):
         self.params = ConfMapParams(alpha, beta, gamma, mode, sink_mode, backend, connectivity=connectivity)
         self.beam_axis = beam_axis
 
-    def _one(self, img: np.ndarray, sink: np.ndarray | None, fov: np.ndarray | None, x0: Any) -> tuple:
+    def _one(self, img: np.ndarray, sink: np.ndarray | None, fov: np.ndarray | None) -> np.ndarray:
         ax = self.beam_axis
 
         def mv(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.moveaxis(a, ax, 0)
 
-        out, _ = solve_confidence_map(np.moveaxis(img, ax, 0), self.params, mv(sink), mv(fov), x0)
-        return np.moveaxis(out, 0, ax), out
+        out, _ = solve_confidence_map(np.moveaxis(img, ax, 0), self.params, mv(sink), mv(fov))
+        return np.moveaxis(out, 0, ax)
+
+    def _on_gpu(self, img: torch.Tensor, kind: str, fov: np.ndarray | None) -> torch.Tensor:
+        """Maps of a CUDA tensor computed on its device (every channel; a cine's frames as one batch)."""
+        p = self.params
+        fov_t = None if fov is None else torch.as_tensor(fov, device=img.device)
+        out = torch.zeros(img.shape, dtype=torch.float32, device=img.device)
+        for c in range(img.shape[0]):
+            if kind == KIND_CINE:
+                frames = torch.movedim(img[c].double(), 1 + self.beam_axis % 2, 1)
+                f = None if fov_t is None else torch.movedim(fov_t, self.beam_axis % 2, 0)
+                maps = batch_confidence_maps(frames, f, p, on_device=True)
+                out[c] = torch.movedim(maps, 1, 1 + self.beam_axis % 2)
+            else:
+                out[c] = confidence_map(
+                    img[c], alpha=p.alpha, beta=p.beta, gamma=p.gamma, mode=p.mode, sink_mode=p.sink_mode,
+                    fov_mask=fov_t, beam_axis=self.beam_axis, backend=p.backend, connectivity=p.connectivity,
+                )  # fmt: skip
+        return out
 
     def _frames(self, frames: np.ndarray, sink: np.ndarray | None, fov: np.ndarray | None) -> np.ndarray:
         """Maps of ``(T, H, W)`` frames with the beam along ``beam_axis`` of each frame."""
@@ -102,14 +126,12 @@ class UltrasoundConfidenceMap(Transform):
         if fov_mask is None and isinstance(img, MetaTensor):
             fov_mask = img.meta.get(MetaKeys.FOV_MASK)
         kind = kind_of(img)
-        arr = _numpy(img).astype(np.float64)
+        shape = tuple(img.shape)
         if self.params.sink_mode == "mask" and mask is None:
             raise InvalidInputError("sink_mode='mask' needs a sink mask")
-        spatial = arr.shape[2:] if kind == KIND_CINE else arr.shape[1:]
-        if (kind == KIND_VOLUME and arr.ndim != 4) or (kind != KIND_VOLUME and len(spatial) != 2):
-            raise InvalidInputError(
-                f"a {kind} must be channel-first with 2 spatial dims (3 for volumes), got {arr.shape}"
-            )
+        spatial = shape[2:] if kind == KIND_CINE else shape[1:]
+        if (kind == KIND_VOLUME and len(shape) != 4) or (kind != KIND_VOLUME and len(spatial) != 2):
+            raise InvalidInputError(f"a {kind} must be channel-first with 2 spatial dims (3 for volumes), got {shape}")
         if not -len(spatial) <= self.beam_axis < len(spatial):
             raise InvalidInputError(f"beam_axis {self.beam_axis} out of range for spatial shape {spatial}")
         sink, fov = _numpy(mask), _numpy(fov_mask)
@@ -118,13 +140,17 @@ class UltrasoundConfidenceMap(Transform):
                 raise InvalidInputError(f"{name} has shape {m.shape}, expected (1, {', '.join(map(str, spatial))})")
         sink = None if sink is None else sink.reshape(spatial)
         fov = None if fov is None else fov.reshape(spatial).astype(bool)
-        out = np.zeros(arr.shape, dtype=np.float32)
-        for c in range(arr.shape[0]):
-            if kind == KIND_CINE:  # all frames at once: batched factorisation (or warm starts for multigrid)
-                out[c] = self._frames(arr[c], sink, fov)
-            else:
-                out[c] = self._one(arr[c], sink, fov, None)[0]
-        result = torch.from_numpy(out)
+        if isinstance(img, torch.Tensor) and img.is_cuda and self.params.sink_mode != "mask":
+            result = self._on_gpu(torch.as_tensor(img), kind, fov)
+        else:
+            arr = _numpy(img).astype(np.float64)
+            out = np.zeros(arr.shape, dtype=np.float32)
+            for c in range(arr.shape[0]):
+                if kind == KIND_CINE:  # all frames at once: one batched factorisation
+                    out[c] = self._frames(arr[c], sink, fov)
+                else:
+                    out[c] = self._one(arr[c], sink, fov)
+            result = torch.from_numpy(out)
         if isinstance(img, MetaTensor):
             return MetaTensor(result, meta=dict(img.meta), applied_operations=list(img.applied_operations))
         if isinstance(img, torch.Tensor):
