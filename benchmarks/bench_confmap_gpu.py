@@ -129,6 +129,35 @@ def bench_2d(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def profile_2d(args: argparse.Namespace, device: torch.device) -> dict:
+    """Where the time of one float64 batch goes: the top CUDA kernels, and whether CUDA-graph capture took."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pool = np.load(args.images).astype(np.float64)
+    x = torch.from_numpy(np.concatenate([pool] * -(-args.profile_batch // len(pool)))[: args.profile_batch]).to(device)
+    out: dict = {"batch": args.profile_batch}
+    for invert in args.invert_below:
+        solver = DeviceMapSolver(precision="float64", graphs=False, invert_below=invert)
+        sec = _time(lambda s=solver: s(x), device, args.budget)
+        out[f"eager invert_below={invert} img/s"] = args.profile_batch / sec
+    graphed = DeviceMapSolver(precision="float64", graphs=True)
+    graphed(x)
+    out["graph captured"] = bool(graphed._captured)
+    out["graph refusal"] = graphed.refusal
+    solver = DeviceMapSolver(precision="float64", graphs=False)
+    solver(x)
+    _sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        solver(x)
+        _sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    out["top"] = prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows)
+    print(json.dumps({k: v for k, v in out.items() if k != "top"}), flush=True)
+    print(out["top"], flush=True)
+    return out
+
+
 def bench_3d(args: argparse.Namespace, device: torch.device) -> dict:
     import nibabel as nib
 
@@ -158,10 +187,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, help="(N, H, W) grey images in [0, 255], .npy")
     ap.add_argument("--reference", type=Path, help="(N, H, W) CPU maps of those images, .npy")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 128])
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 16, 64, 128])
     ap.add_argument("--host-max-batch", type=int, default=64, help="largest batch timed with host assembly")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per row")
     ap.add_argument("--vit-batch", type=int, default=0)
+    ap.add_argument("--profile-batch", type=int, default=0, help="profile one float64 batch of this size")
+    ap.add_argument("--profile-rows", type=int, default=18)
+    ap.add_argument("--invert-below", type=int, nargs="+", default=[0, 16, 64], help="variants timed when profiling")
     ap.add_argument("--volume", type=Path)
     ap.add_argument("--volume-reference", type=Path, help="the CPU map of --volume, every 4th voxel, .npy")
     ap.add_argument("--save-volume-sub4", type=Path, help="write the device map, every 4th voxel, here")
@@ -172,8 +204,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     result: dict = {"device": name, "torch": torch.__version__}
     print(json.dumps(result), flush=True)
-    if args.images:
+    if args.images and args.batches:
         result["2d"] = bench_2d(args, device)
+    if args.profile_batch:
+        result["profile"] = profile_2d(args, device)
     if args.vit_batch:
         result["vit_step_s"] = vit_step_seconds(args.vit_batch, device, args.budget)
         result["vit_batch"] = args.vit_batch

@@ -192,8 +192,8 @@ def batch_confidence_maps(
     """Confidence maps ``(B, H, W)`` float32 of grey images ``(B, H, W)`` (beam along H), on the images' device.
 
     ``fov_mask`` is ``(H, W)`` or one mask per image ``(B, H, W)``. ``on_device`` (default: on CUDA) runs
-    the whole computation there (:func:`~.device_solver.device_confidence_maps`: assembly, factorisation
-    and solve batched, float32 factor refined to float64); otherwise on the CPU with the fastest CPU solver.
+    the whole computation there (:func:`~.device_solver.device_confidence_maps`: assembly, exact float64
+    factorisation and solve, batched); otherwise on the CPU with the fastest CPU solver.
     Both give MONAI's maps to well under 1e-4.
     """
     params = params or ConfMapParams()
@@ -202,9 +202,7 @@ def batch_confidence_maps(
     on_device = images.is_cuda if on_device is None else on_device
     if on_device and _on_device(params):
         fov = None if fov_mask is None else torch.as_tensor(fov_mask, device=images.device)
-        return device_confidence_maps(
-            images, fov, params.alpha, params.beta, params.gamma, params.sink_mode, precision="mixed"
-        )
+        return device_confidence_maps(images, fov, params.alpha, params.beta, params.gamma, params.sink_mode)
     grey = _as_float64(images)
     fov = None if fov_mask is None else np.asarray(_as_float64(fov_mask)) > 0
     if fov is not None and fov.ndim == 3:
