@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,20 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(UltraMAEError, FloatingPointError):
     """The loss or the gradients became NaN/Inf; the step was not applied and no checkpoint was written."""
+
+
+FAULT_KILL_ENV = "ULTRAMAE_FAULT_KILL_AT_STEP"
+
+
+def _fault_kill(step: int) -> None:
+    """Fault injection for resume tests: SIGKILL this process right after step ``$ULTRAMAE_FAULT_KILL_AT_STEP``.
+
+    The step is logged and flushed first, so a test knows exactly where the run died without polling a clock.
+    """
+    at = os.environ.get(FAULT_KILL_ENV)
+    if at and int(at) == step:
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _format_eta(seconds: float) -> str:
@@ -433,6 +448,7 @@ class PretrainTrainer:
                         )  # fmt: skip
                     t_window, step_window, self._samples_window = now, self.step, 0
                 self._log_scalars(scalars)
+                _fault_kill(self.step)
                 if self.preview_every and self.step % self.preview_every == 0:
                     self._preview()
                 # the end of an epoch and of the run are saved below anyway
