@@ -12,6 +12,7 @@ from ultramae_monai.engines.distributed import (
     world_size,
 )
 from ultramae_monai.engines.finetune import (
+    class_weights,
     default_checkpoint,
     init_encoder,
     intensity_of,
@@ -36,6 +37,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "capture_rng_state",
+    "class_weights",
     "cleanup_distributed",
     "default_checkpoint",
     "distributed_device",

@@ -31,6 +31,7 @@ from ultramae_monai.networks.pretrained import encoder_meta, is_scratch, load_pr
 __all__ = [
     "DEFAULT_INTENSITY",
     "SETTINGS_NAME",
+    "class_weights",
     "default_checkpoint",
     "exit_on_input_error",
     "init_encoder",
@@ -144,3 +145,12 @@ def load_network_weights(network: nn.Module, ckpt: str | os.PathLike) -> nn.Modu
         raise IncompatibleCheckpointError(f"checkpoint of another architecture: {detail.strip()}", path)
     network.load_state_dict({k: state[k] for k in own}, strict=True)
     return network
+
+
+def class_weights(items: list[dict[str, Any]], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights for cross-entropy, normalised to mean 1 (a class absent from ``items`` gets 1)."""
+    counts = torch.zeros(num_classes)
+    for it in items:
+        counts[int(it["label"])] += 1
+    weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.ones(num_classes))
+    return weights / weights.mean()
