@@ -55,7 +55,7 @@ def test_weight_decay_exclusions_and_lr_scaling() -> None:
 def test_warmup_then_cosine() -> None:
     f = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
     warm = [f(s) for s in range(10)]
-    assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert warm == pytest.approx([s / 10 for s in range(10)]) and warm[0] == 0.0  # from 0, as MAE
     tail = [f(s) for s in range(10, 111)]
     assert tail[0] == pytest.approx(1.0) and tail[-1] == pytest.approx(0.1) and tail[50] == pytest.approx(0.55)
     assert all(a >= b for a, b in itertools.pairwise(tail))
@@ -164,3 +164,11 @@ def test_grad_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     result = trainer.run()
     assert result["step"] == trainer.steps_per_epoch and np.isfinite(result["loss"])
     assert trainer.scheduler.last_epoch == trainer.steps_per_epoch  # one schedule step per optimiser step
+
+
+def test_bundle_recipe_does_not_clip_gradients_by_default() -> None:
+    """MAE does not clip gradients; clipping stays available as ``--clip_grad``."""
+    import json
+
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "bundles/ultramae_pretrain/configs/train.json").read_text())
+    assert cfg["clip_grad"] is None

@@ -113,7 +113,7 @@ class PretrainTrainer:
         grad_accum: int = 1,
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
-        clip_grad: float | None = 1.0,
+        clip_grad: float | None = None,
         amp: str = "auto",
         device: str | torch.device | None = None,
         num_workers: int = 0,

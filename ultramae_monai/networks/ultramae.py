@@ -161,17 +161,26 @@ class UltraMAE(nn.Module):
         return from_frames(conf, kind)
 
     def forward_decoder(
-        self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int, int]
+        self,
+        latent: torch.Tensor,
+        ids_restore: torch.Tensor,
+        grid: tuple[int, int, int],
+        keep_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Visible latents ``(B, [1+]K, D)`` -> predictions for every token ``(B, N, out_dim)``."""
+        """Visible latents ``(B, [1+]K, D)`` -> predictions for every token ``(B, N, out_dim)``.
+
+        ``keep_valid`` ``(B, K)`` marks padding latents (False), which are replaced by the mask token.
+        """
         prefix = self.encoder.num_prefix_tokens
-        x = self.decoder_embed(latent)
+        x = self.decoder_embed(latent).float()  # the decoder's residual stream is float32 too
         cls_tok, x = x[:, :prefix], x[:, prefix:]
         b, k, d = x.shape
         n = ids_restore.shape[1]
-        x = torch.cat([x, self.mask_token.to(x.dtype).expand(b, n - k, d)], dim=1)
+        if keep_valid is not None:
+            x = torch.where(keep_valid[..., None], x, self.mask_token)
+        x = torch.cat([x, self.mask_token.expand(b, n - k, d)], dim=1)
         x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
-        x = x + self.decoder_pos_embed(grid, x.device).to(x.dtype)
+        x = x + self.decoder_pos_embed(grid, x.device)
         x = torch.cat([cls_tok, x], dim=1)
         for blk in self.decoder_blocks:
             use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
@@ -240,8 +249,8 @@ class UltraMAE(nn.Module):
             generator=generator,
         )
         visible = torch.gather(tokens, 1, masks.ids_keep.unsqueeze(-1).expand(-1, -1, d))
-        latent = self.encoder.forward_tokens(visible)
-        pred = self.forward_decoder(latent, masks.ids_restore, grid)
+        latent = self.encoder.forward_tokens(visible, key_mask=masks.keep_valid)
+        pred = self.forward_decoder(latent, masks.ids_restore, grid, masks.keep_valid)
         kt = self.tubelet[0]
         conf_frames = None if confidence is None else to_frames(confidence, kind, kt)
         target = make_target(self.target, to_frames(x, kind, kt), self.tubelet, conf_frames)
