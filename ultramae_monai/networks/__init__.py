@@ -2,7 +2,9 @@
 
 from ultramae_monai.networks.heads import AttentivePooler, UltraMAEClassifier, UltraMAESegmenter
 from ultramae_monai.networks.interop import (
+    IMAGENET_INTENSITY,
     LoadReport,
+    fold_intensity,
     load_mae_weights,
     load_monai_mae_weights,
     mae_state_dict,
@@ -18,6 +20,7 @@ from ultramae_monai.networks.ultramae import UltraMAE
 
 __all__ = [
     "ENCODER_PRESETS",
+    "IMAGENET_INTENSITY",
     "PRETRAINING_RECIPES",
     "AttentivePooler",
     "LoadReport",
@@ -28,6 +31,7 @@ __all__ = [
     "UltraMAEClassifier",
     "UltraMAEEncoder",
     "UltraMAESegmenter",
+    "fold_intensity",
     "load_mae_weights",
     "load_monai_mae_weights",
     "mae_state_dict",

@@ -142,6 +142,17 @@ class UltraMAEEncoder(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.config = {
+            "in_channels": int(in_channels),
+            "tubelet": [int(k) for k in tubelet],
+            "embed_dim": int(embed_dim),
+            "depth": int(depth),
+            "num_heads": int(num_heads),
+            "mlp_ratio": float(mlp_ratio),
+            "qkv_bias": bool(qkv_bias),
+            "cls_token": bool(cls_token),
+            "norm_eps": float(norm_eps),
+        }  # what rebuilds this encoder (checkpoint metadata)
         self.in_channels = in_channels
         self.embed_dim = embed_dim
         self.depth = depth

@@ -94,6 +94,7 @@ class UltraMAE(nn.Module):
         for name, r in (("mask_ratio_image", mask_ratio_image), ("mask_ratio_video", mask_ratio_video)):
             if not 0.0 < r < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {r}")
+        self.preset = preset
         size = encoder_preset(preset)
         size.update({k: v for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)) if v})
         self.encoder = UltraMAEEncoder(
@@ -142,6 +143,10 @@ class UltraMAE(nn.Module):
     def from_recipe(cls, recipe: str = "ultramae", **kwargs: Any) -> UltraMAE:
         """Model with a named recipe's target and masking (``ultramae``, ``usf-mae``, ``mae``); kwargs override."""
         return cls(**{**pretraining_recipe(recipe), **kwargs})
+
+    def architecture(self) -> dict[str, Any]:
+        """Encoder kwargs, preset and ``img_size``: what a checkpoint's ``meta["architecture"]`` records."""
+        return {"preset": self.preset, **self.encoder.config, "img_size": list(self.img_size)}
 
     # ------------------------------------------------------------------ pieces
     def compute_confidence(self, x: torch.Tensor, kind: str) -> torch.Tensor:
