@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultramae_monai.losses import make_target, masked_mse, patchify, unpatchify
-from ultramae_monai.networks import UltraMAE
+from ultramae_monai.errors import InvalidInputError
+from ultramae_monai.networks import UltraMAE, make_target, masked_mse, patchify, unpatchify
 from ultramae_monai.networks.layout import patchify_input, to_frames, unpatchify_input
 
 SMALL = {
@@ -148,18 +148,20 @@ def test_volume_kind_from_metatensor_metadata():
     assert type(out["pred"]) is torch.Tensor
 
 
-def test_confidence_computed_on_the_fly_when_not_given():
-    from ultramae_monai.confmap import confidence_map
+def test_confidence_is_an_input_not_solved_in_forward():
+    """The network never solves confidence maps: without them a CWUS model says where they come from."""
+    import ast
+    import pathlib
 
-    model = _model(target="cwus")
-    ramp = torch.linspace(0, 255, 32)[:, None].expand(32, 32)
-    x = torch.stack([ramp, ramp.flip(0)])[:, None]  # (2, 1, 32, 32)
-    out = model(x)
-    conf = model.compute_confidence(x, "still")
-    assert conf.shape == x.shape and 0 <= conf.min() and conf.max() <= 1.0 + 1e-6
-    torch.testing.assert_close(out["target"], patchify((x * conf)[:, :, None].expand(-1, -1, 2, -1, -1), (2, 8, 8)))
-    for i in range(2):  # the batched on-the-fly maps equal the single-image API's
-        torch.testing.assert_close(conf[i, 0], torch.as_tensor(confidence_map(x[i, 0])), atol=1e-6, rtol=0)
+    with pytest.raises(InvalidInputError, match="UltrasoundConfidenceMapd"):
+        _model(target="cwus")(torch.rand(2, 1, 32, 32))
+    package = pathlib.Path(__file__).resolve().parents[1] / "ultramae_monai" / "networks"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.startswith(("ultramae_monai.confmap", "ultramae_monai.losses")) for n in names), path
 
 
 def test_mixed_fans_keep_the_ratio_per_sample_and_padding_changes_nothing():
