@@ -105,9 +105,12 @@ def test_classification_train_evaluate_infer(busi_small: Path, pretrain_ckpt: Pa
 
 def test_segmentation_train_evaluate_infer(hc18_small: Path, pretrain_ckpt: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
+    no_arch = {k: v for k, v in TINY.items() if k not in ("preset", "tubelet")}  # taken from the checkpoint
     _run(SEG, "train.json", dataset_dir=str(hc18_small), pretrained=str(pretrain_ckpt), max_epochs=2,
-         output_dir=str(run), **TINY)  # fmt: skip
+         output_dir=str(run), **no_arch)  # fmt: skip
     assert (run / "model.pt").is_file()
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["preset"] == "micro" and settings["tubelet"] == [2, 8, 8]
     _run(SEG, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"mean_dice", "mean_iou", "hd95"} <= set(metrics) and 0 <= metrics["mean_dice"] <= 1

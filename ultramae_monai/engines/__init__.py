@@ -18,6 +18,7 @@ from ultramae_monai.engines.finetune import (
     intensity_of,
     load_network_weights,
     prepare_data,
+    pretrained_architecture,
     read_settings,
     write_settings,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "load_network_weights",
     "param_groups",
     "prepare_data",
+    "pretrained_architecture",
     "rank",
     "read_settings",
     "reconstruction_grid",

@@ -38,6 +38,7 @@ __all__ = [
     "intensity_of",
     "load_network_weights",
     "prepare_data",
+    "pretrained_architecture",
     "read_settings",
     "write_settings",
 ]
@@ -87,12 +88,31 @@ def init_encoder(network: nn.Module, pretrained: str | os.PathLike | None) -> st
     return text
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_meta(path: str, mtime: float) -> dict[str, Any]:
+    return encoder_meta(path)
+
+
+def _meta(pretrained: str | os.PathLike | None) -> dict[str, Any]:
+    if is_scratch(pretrained):
+        return {}
+    p = Path(pretrained)  # type: ignore[arg-type]
+    return exit_on_input_error(_cached_meta)(str(p), p.stat().st_mtime if p.exists() else 0.0)
+
+
+def pretrained_architecture(pretrained: str | os.PathLike | None) -> dict[str, Any]:
+    """The encoder kwargs a pretraining checkpoint records (``preset``, ``tubelet``, ...); ``{}`` for scratch.
+
+    Configs default ``preset`` and ``tubelet`` to these, so ``--pretrained PATH`` alone builds a matching encoder.
+    """
+    return dict(_meta(pretrained).get("architecture") or {})
+
+
 def intensity_of(pretrained: str | os.PathLike | None, settings: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Intensity mean/std: a training run's settings, else the pretraining checkpoint's meta, else the default."""
     if settings and "intensity" in settings:
         return dict(settings["intensity"])
-    meta = {} if is_scratch(pretrained) else exit_on_input_error(encoder_meta)(pretrained)
-    stats = meta.get("intensity") or {}
+    stats = _meta(pretrained).get("intensity") or {}
     return {
         "mean": float(stats.get("mean", DEFAULT_INTENSITY["mean"])),
         "std": float(stats.get("std", DEFAULT_INTENSITY["std"])),
