@@ -177,3 +177,23 @@ def test_classification_network_passes_monai_tools(tmp_path: Path) -> None:
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_classification_of_clips_through_the_same_encoder(tmp_path: Path) -> None:
+    """Cine DICOMs in class folders, read as 4-frame clips: train, evaluate with only --ckpt, infer."""
+    from pydicom.data import get_testdata_file
+
+    cine = Path(get_testdata_file("examples_ybr_color.dcm"))  # a real 30-frame ultrasound cine
+    data = tmp_path / "clips"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            shutil.copy(cine, data / cls / f"{cls} ({i}).dcm")
+    run = tmp_path / "run"
+    clip = {**TINY, "num_frames": 4, "frame_stride": 2, "batch_size": 2, "val_fraction": 0.0, "test_fraction": 0.0}
+    _run(CLS, "train.json", dataset_dir=str(data), max_epochs=1, output_dir=str(run), **clip)
+    assert json.loads((run / "settings.json").read_text())["num_frames"] == 4
+    _run(CLS, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)
+    assert json.loads((run / "metrics.json").read_text())["num_samples"] == 6
+    _run(CLS, "inference.json", dataset_dir=str(data), output_dir=str(run))
+    assert len((run / "predictions.csv").read_text().strip().splitlines()) == 6
