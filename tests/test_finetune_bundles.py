@@ -197,3 +197,29 @@ def test_classification_of_clips_through_the_same_encoder(tmp_path: Path) -> Non
     assert json.loads((run / "metrics.json").read_text())["num_samples"] == 6
     _run(CLS, "inference.json", dataset_dir=str(data), output_dir=str(run))
     assert len((run / "predictions.csv").read_text().strip().splitlines()) == 6
+
+
+def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_path: Path) -> None:
+    """The pretraining bundle runs a few steps; its newest checkpoint initialises the classifier's encoder."""
+    from test_pretrain_data import make_manifest
+
+    pre = BUNDLES / "ultramae_pretrain"
+    data = make_manifest(tmp_path / "curated", stills=8, clips=2)
+    out = tmp_path / "pretrain"
+    bundle_run(
+        config_file=str(pre / "configs" / "train.json"), meta_file=str(pre / "configs" / "metadata.json"),
+        logging_file=str(pre / "configs" / "logging.conf"), bundle_root=str(pre), dataset_dir=str(data),
+        output_dir=str(out), preset="micro", target="pixel", img_size=32, tubelet=[2, 8, 8], num_frames=4,
+        frame_stride=1, decoder_depth=1, decoder_dim=32, batch_size=4, clip_batch_size=2, max_steps=2,
+        max_epochs=1, checkpoint_every=2, num_workers=0, preview_every=0, tensorboard=False,
+    )  # fmt: skip
+    ckpt = max(out.rglob("*.pt"), key=lambda p: p.stat().st_mtime)
+    run = tmp_path / "run"
+    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(ckpt), max_epochs=1, output_dir=str(run),
+         mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
+    pretrained = torch.load(ckpt, weights_only=True)
+    network = pretrained.get("network", pretrained.get("encoder"))
+    prefix = "encoder." if "network" in pretrained else ""
+    state = torch.load(run / "model.pt", weights_only=True)
+    enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(v, network[prefix + k]) for k, v in enc.items())
