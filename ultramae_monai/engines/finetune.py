@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ultramae_monai.data.convention import INTENSITY_MEAN, INTENSITY_STD
 from ultramae_monai.data.splits import finetune_datalists
 from ultramae_monai.errors import IncompatibleCheckpointError, UltraMAEError, UnreadableFileError
 from ultramae_monai.networks.pretrained import encoder_meta, is_scratch, load_pretrained_encoder
@@ -45,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger("ultramae_monai.finetune")
 SETTINGS_NAME = "settings.json"
-DEFAULT_INTENSITY = {"mean": 0.276, "std": 0.210}
+DEFAULT_INTENSITY = {"mean": INTENSITY_MEAN, "std": INTENSITY_STD}
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ultramae_monai.data.batch_sampler import KindBatchSampler
-from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
+from ultramae_monai.data.convention import INTENSITY_MEAN, INTENSITY_STD, KIND_CINE, KIND_STILL
 from ultramae_monai.data.manifest_dataset import ManifestDataset
 from ultramae_monai.engines.checkpoint import CheckpointManager, pretrain_meta
 from ultramae_monai.engines.distributed import all_gather_objects, is_distributed, is_main_process, rank, world_size
@@ -130,8 +130,8 @@ class PretrainTrainer:
         tensorboard: bool = True,
         mlflow_tracking_uri: str | None = None,
         find_unused_parameters: bool = True,
-        intensity_mean: float = 0.207,
-        intensity_std: float = 0.183,
+        intensity_mean: float = INTENSITY_MEAN,
+        intensity_std: float = INTENSITY_STD,
     ) -> None:
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
