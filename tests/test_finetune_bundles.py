@@ -223,3 +223,26 @@ def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_pat
     state = torch.load(run / "model.pt", weights_only=True)
     enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     assert enc and all(torch.equal(v, network[prefix + k]) for k, v in enc.items())
+
+
+def test_monai_mae_weights_build_a_matching_encoder(busi_small: Path, tmp_path: Path) -> None:
+    """MONAI MaskedAutoEncoderViT weights: no qkv bias, a class token, eps 1e-5, taken from the checkpoint."""
+    from monai.networks.nets import MaskedAutoEncoderViT
+
+    torch.manual_seed(0)
+    mae = MaskedAutoEncoderViT(
+        in_channels=1, img_size=32, patch_size=8, hidden_size=64, mlp_dim=256, num_layers=2, num_heads=4,
+        spatial_dims=2, decoder_hidden_size=32, decoder_mlp_dim=64, decoder_num_layers=1, decoder_num_heads=4,
+    )  # fmt: skip
+    ckpt = tmp_path / "monai_mae.pt"
+    torch.save(mae.state_dict(), ckpt)
+    run = tmp_path / "run"
+    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(ckpt), max_epochs=1, output_dir=str(run),
+         preset="micro", mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["tubelet"] == [2, 8, 8]
+    assert settings["encoder_options"] == {"mlp_ratio": 4.0, "qkv_bias": False, "cls_token": True, "norm_eps": 1e-5}
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert torch.equal(state["encoder.cls_token"], mae.state_dict()["cls_token"])
+    _run(CLS, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)  # rebuilt from the settings
+    assert (run / "metrics.json").is_file()

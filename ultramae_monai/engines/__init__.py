@@ -14,6 +14,7 @@ from ultramae_monai.engines.distributed import (
 from ultramae_monai.engines.finetune import (
     class_weights,
     default_checkpoint,
+    encoder_options,
     init_encoder,
     intensity_of,
     load_network_weights,
@@ -42,6 +43,7 @@ __all__ = [
     "cleanup_distributed",
     "default_checkpoint",
     "distributed_device",
+    "encoder_options",
     "init_distributed",
     "init_encoder",
     "intensity_of",

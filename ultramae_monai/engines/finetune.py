@@ -34,6 +34,7 @@ __all__ = [
     "SETTINGS_NAME",
     "class_weights",
     "default_checkpoint",
+    "encoder_options",
     "exit_on_input_error",
     "init_encoder",
     "intensity_of",
@@ -107,6 +108,18 @@ def pretrained_architecture(pretrained: str | os.PathLike | None) -> dict[str, A
     Configs default ``preset`` and ``tubelet`` to these, so ``--pretrained PATH`` alone builds a matching encoder.
     """
     return dict(_meta(pretrained).get("architecture") or {})
+
+
+ENCODER_OPTIONS = ("mlp_ratio", "qkv_bias", "cls_token", "norm_eps")  # size comes from the preset
+
+
+def encoder_options(pretrained: str | os.PathLike | None, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Encoder kwargs beyond preset and tubelet that a checkpoint needs (e.g. MONAI MAE: no qkv bias, a class
+    token, eps 1e-5): a training run's settings, else what the pretraining checkpoint records or implies."""
+    if settings and "encoder_options" in settings:
+        return dict(settings["encoder_options"])
+    arch = pretrained_architecture(pretrained)
+    return {k: arch[k] for k in ENCODER_OPTIONS if arch.get(k) is not None}
 
 
 def intensity_of(pretrained: str | os.PathLike | None, settings: Mapping[str, Any] | None = None) -> dict[str, float]:
