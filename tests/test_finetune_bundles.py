@@ -246,3 +246,25 @@ def test_monai_mae_weights_build_a_matching_encoder(busi_small: Path, tmp_path: 
     assert torch.equal(state["encoder.cls_token"], mae.state_dict()["cls_token"])
     _run(CLS, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)  # rebuilt from the settings
     assert (run / "metrics.json").is_file()
+
+
+def test_multi_gpu_config_trains_under_torchrun(busi_small: Path, tmp_path: Path) -> None:
+    """``train.json`` + ``multi_gpu_train.json`` with 2 CPU processes (gloo): one plain model.pt, same metric."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(["configs/train.json", "configs/multi_gpu_train.json"]),
+        "--dataset_dir", str(busi_small), "--output_dir", str(out), "--preset", "micro", "--tubelet", "[2,8,8]",
+        "--img_size", "32", "--max_epochs", "1", "--batch_size", "2", "--num_workers", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLES.parent)}
+    proc = subprocess.run(cmd, cwd=CLS, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)
+    best = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "best metric" in line]
+    assert len(best) == 2 and len({line.rsplit(":", 1)[1] for line in best}) == 1  # both ranks agree
