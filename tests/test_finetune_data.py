@@ -168,3 +168,18 @@ def test_layer_decay_and_linear_probe_groups() -> None:
     assert trained == {id(p) for p in (*probe.head.parameters(), *probe.pool.parameters())}
     clip = torch.rand(2, 1, 4, 32, 32)  # the same classifier takes clips
     assert probe(clip).shape == (2, 3)
+
+
+def test_fill_outlined_fills_outlines_and_keeps_masks() -> None:
+    from ultramae_monai.transforms import FillOutlined
+
+    img = Image.new("L", (80, 60), 0)
+    ImageDraw.Draw(img).ellipse([10, 8, 70, 50], outline=255, width=1)
+    outline = torch.as_tensor(np.asarray(img, dtype=np.float32))[None]
+    filled = FillOutlined("label")({"label": outline})["label"]
+    assert filled.sum() > 5 * (outline > 0).sum() and set(np.unique(filled.numpy())) == {0.0, 1.0}
+    solid = torch.zeros(1, 60, 80)
+    solid[:, 10:30, 20:40] = 1
+    solid[:, 18:22, 28:32] = 0  # a small hole in a real mask stays: filling gains far less than 2x
+    assert torch.equal(FillOutlined("label")({"label": solid})["label"], solid)
+    assert FillOutlined("label", always=True)({"label": solid})["label"].sum() == 400
