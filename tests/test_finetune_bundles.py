@@ -268,3 +268,42 @@ def test_multi_gpu_config_trains_under_torchrun(busi_small: Path, tmp_path: Path
     assert state and not any(k.startswith("module.") for k in state)
     best = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "best metric" in line]
     assert len(best) == 2 and len({line.rsplit(":", 1)[1] for line in best}) == 1  # both ranks agree
+
+
+def _volumes(root: Path, n: int = 4) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.5, 0.5, 0.8, 1.0])
+    for i in range(n):
+        vol = rng.uniform(0, 80, (24, 20, 12)).astype(np.float32)
+        mask = np.zeros(vol.shape, np.uint8)
+        mask[6 + i : 16, 5:15, 3:9] = 1
+        vol[mask > 0] += 120
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol, affine), str(root / "images" / f"vol ({i}).nii.gz"))
+        nib.save(nib.Nifti1Image(mask, affine), str(root / "masks" / f"vol ({i})_mask.nii.gz"))
+    return root
+
+
+def test_segmentation_of_volumes_through_the_same_encoder(tmp_path: Path) -> None:
+    """``volume.json`` on top of each config: 3D UNETR-style decoder, NIfTI masks in the file's space."""
+    import nibabel as nib
+
+    data = _volumes(tmp_path / "volumes")
+    run = tmp_path / "run"
+    vol = {"img_size": 16, "volume_depth": 16, "tubelet": [8, 8, 8], "preset": "micro", "batch_size": 2}
+    both = lambda cfg: [f"{SEG}/configs/{cfg}.json", f"{SEG}/configs/volume.json"]  # noqa: E731
+    bundle_run(config_file=both("train"), bundle_root=str(SEG), dataset_dir=str(data), output_dir=str(run),
+               max_epochs=1, num_workers=0, val_fraction=0.0, test_fraction=0.0, **vol)  # fmt: skip
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["spatial_dims"] == 3
+    bundle_run(config_file=both("evaluate"), bundle_root=str(SEG), ckpt=str(run / "model.pt"), num_workers=0)
+    assert 0 <= json.loads((run / "metrics.json").read_text())["mean_dice"] <= 1
+    bundle_run(config_file=both("inference"), bundle_root=str(SEG), dataset_dir=str(data / "images"),
+               output_dir=str(run))  # fmt: skip
+    src = nib.load(data / "images" / "vol (0).nii.gz")
+    mask = nib.load(run / "vol (0)_mask.nii.gz")
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)
+    assert (run / "vol (0)_overlay.png").is_file()

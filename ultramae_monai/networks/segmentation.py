@@ -22,7 +22,7 @@ from ultramae_monai.networks.tubelet_vit import UltraMAEEncoder
 
 __all__ = ["SEGMENTATION_DECODERS", "UltraMAEUNETR", "segmentation_network"]
 
-SEGMENTATION_DECODERS = ("unetr", "light")
+SEGMENTATION_DECODERS = ("auto", "unetr", "light")
 
 
 class UltraMAEUNETR(nn.Module):
@@ -121,13 +121,18 @@ def segmentation_network(
     light_decoder_dim: int = 256,
     spatial_dims: int = 2,
 ) -> nn.Module:
-    """The segmentation network a bundle's ``network_def`` names: ``decoder`` ``unetr`` or ``light``, for stills
+    """The segmentation network a bundle's ``network_def`` names: ``decoder`` ``unetr``, ``light`` or ``auto``
+    (UNETR when the patch allows it: square, or cubic for volumes, power of two), for stills
     (``spatial_dims=2``) or volumes ``(B, C, H, W, D)`` (``spatial_dims=3``).
 
     Both keep the encoder under ``.encoder`` (state-dict keys ``encoder.*``), so
     :func:`~ultramae_monai.networks.pretrained.load_pretrained_encoder` fills it and a fine-tuned checkpoint
     is itself a valid encoder source.
     """
+    if decoder == "auto":  # UNETR where its upsampling path fits the patch, else the light decoder
+        kt, kh, kw = encoder.tubelet
+        fits = kh == kw and kh >= 2 and kh & (kh - 1) == 0 and (spatial_dims == 2 or kt == kh)
+        decoder = "unetr" if fits else "light"
     if decoder == "unetr":
         return UltraMAEUNETR(encoder, out_channels, feature_size, spatial_dims=spatial_dims)
     if decoder == "light":
