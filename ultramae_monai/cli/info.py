@@ -6,23 +6,27 @@ make of it (kind, frames, spacing, colour, where the scan region is) without wri
 
 from __future__ import annotations
 
+import argparse
 import math
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from monai.data import MetaTensor
+from ultramae_monai.cli.arguments import add_option
 
-from ultramae_monai.data.convention import KIND_VOLUME, MetaKeys
-from ultramae_monai.data.load import load_ultrasound
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
 
-__all__ = ["FileInfo", "info"]
+__all__ = ["EXAMPLE", "NAME", "SUMMARY", "FileInfo", "add_arguments", "info", "run"]
+
+NAME = "info"
+SUMMARY = "What a file is: kind, modality, frames, size, spacing, photometric, fps, scan-region box."
+EXAMPLE = "ultramae info scan.dcm --allow_any_modality"
 
 _FOV_FRAMES = 16  # frames of a cine read for the FOV (the detector uses what varies over them)
 
 
 class FileInfo(dict):
-    """The summary as a dict; ``str()`` is the compact text ``ultramae info`` prints (fire prints ``str``)."""
+    """The summary as a dict; ``str()`` is the compact text ``ultramae info`` prints."""
 
     def __str__(self) -> str:
         def fmt(v: Any) -> str:
@@ -43,6 +47,8 @@ class FileInfo(dict):
 
 def _fov_box(x: MetaTensor) -> list[int] | None:
     """The scan region's ``[r0, c0, r1, c1)``, or None when the FOV detector is not available."""
+    import numpy as np
+
     try:
         from ultramae_monai.transforms.scan_region import detect_fov_mask, fov_box, regions_from_meta
     except ImportError:
@@ -59,6 +65,9 @@ def info(path: str | PathLike, **kwargs: Any) -> FileInfo:
     (``[r0, c0, r1, c1)``, None when unknown or for volumes). Extra keyword arguments go to
     :func:`~ultramae_monai.data.load.load_ultrasound` (e.g. ``allow_any_modality=True``).
     """
+    from ultramae_monai.data.convention import KIND_VOLUME, MetaKeys
+    from ultramae_monai.data.load import load_ultrasound
+
     kwargs.setdefault("max_frames", _FOV_FRAMES)
     x = load_ultrasound(path, **kwargs)
     m = x.meta
@@ -80,3 +89,14 @@ def info(path: str | PathLike, **kwargs: Any) -> FileInfo:
         if extra in m:
             result[extra] = m[extra]
     return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="FILE", help="any supported file (DICOM, video, PNG/JPEG, NIfTI/NRRD/MHA)")
+    add_option(parser, "allow_any_modality", bool, False, "read DICOM objects whose modality is not US")
+    add_option(parser, "color", bool, False, "keep RGB instead of converting to grey")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(info(args.path, allow_any_modality=args.allow_any_modality, color=args.color))
+    return 0
