@@ -16,7 +16,6 @@ from types import TracebackType
 __all__ = [
     "ConvergenceError",
     "InvalidInputError",
-    "NoScanRegionError",
     "NotUltrasoundError",
     "UltraMAEError",
     "UnreadableFileError",
@@ -24,8 +23,6 @@ __all__ = [
     "find_ultramae_error",
     "install_one_line_errors",
 ]
-
-TRACEBACK_ENV = "ULTRAMAE_TRACEBACK"  # set to 1 to see the full traceback of a user-data error
 
 
 class UltraMAEError(Exception):
@@ -45,6 +42,10 @@ class UnsupportedCodecError(UltraMAEError):
     """The file is valid but its compression needs a decoder that is not installed."""
 
 
+class NoScanRegionError(UltraMAEError, ValueError):
+    """An image in which no ultrasound scan region can be found (random noise, a photograph, a blank frame)."""
+
+
 class NotUltrasoundError(UltraMAEError, ValueError):
     """A DICOM object whose modality is not ultrasound (pass ``allow_any_modality=True`` to read it anyway)."""
 
@@ -53,16 +54,12 @@ class InvalidInputError(UltraMAEError, ValueError):
     """Array content or shape the operation cannot accept (NaN/Inf, wrong dimensionality, too small)."""
 
 
-class NoScanRegionError(InvalidInputError):
-    """An image in which no ultrasound scan region can be found (random noise, a photograph, a blank frame)."""
-
-
 class ConvergenceError(UltraMAEError, RuntimeError):
     """An iterative solver hit its iteration cap before reaching the requested tolerance."""
 
 
 def find_ultramae_error(err: BaseException | None) -> UltraMAEError | None:
-    """The :class:`UltraMAEError` behind ``err``: itself, or one in its ``__cause__``/``__context__`` chain
+    """The :class:`UltraMAEError` behind ``err``: itself or one in its ``__cause__`` / ``__context__`` chain
     (MONAI's ``ConfigParser`` wraps a component's error in a ``RuntimeError``)."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
@@ -74,18 +71,17 @@ def find_ultramae_error(err: BaseException | None) -> UltraMAEError | None:
 
 
 def install_one_line_errors() -> None:
-    """Make an uncaught :class:`UltraMAEError` (or one wrapped by MONAI) print ``error: <file>: <cause>`` as its
-    only line and exit with status 2, as the ``ultramae`` command does; other exceptions keep their traceback.
+    """An uncaught :class:`UltraMAEError` (or one MONAI wrapped) ends the process with ``error: <cause>`` as its
+    last line and exit status 2; other exceptions keep their traceback. ``ULTRAMAE_TRACEBACK=1`` keeps it always.
 
-    For scripts and bundles run by ``python -m monai.bundle run``: a config calls it first, e.g.
-    ``"initialize": ["$import ultramae_monai.errors", "$ultramae_monai.errors.install_one_line_errors()"]``.
-    ``ULTRAMAE_TRACEBACK=1`` keeps the full traceback. Returns None, so it can stand in a config expression.
+    For ``python -m monai.bundle run``: a bundle's ``initialize`` calls it first. Returns None, so it can stand in
+    a config expression.
     """
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         err = find_ultramae_error(value)
-        if err is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        if err is None or os.environ.get("ULTRAMAE_TRACEBACK", "") not in ("", "0"):
             previous(kind, value, tb)
             return
         sys.stdout.flush()
@@ -94,7 +90,7 @@ def install_one_line_errors() -> None:
         import atexit
         import logging
 
-        atexit._run_exitfuncs()  # what a normal exit would run (loggers, TensorBoard writers), then status 2
+        atexit._run_exitfuncs()  # what a normal exit runs (loggers, TensorBoard writers), then status 2
         logging.shutdown()
         os._exit(2)
 
