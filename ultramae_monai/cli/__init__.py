@@ -8,9 +8,12 @@ stays fast. Errors from user data print one line (``ultramae: error: FILE: cause
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 from ultramae_monai.cli.arguments import VerbParser
@@ -33,15 +36,34 @@ def verb_modules() -> list[ModuleType]:
     return [importlib.import_module(f"ultramae_monai.cli.{name}") for name in VERBS]
 
 
+def _verb_text(module_name: str) -> dict[str, str]:
+    """``NAME``, ``SUMMARY``, ``EXAMPLE`` and the docstring of a verb module, read from its source without
+    importing it (a verb may import torch at the top: ``ultramae --help`` need not pay for that)."""
+    spec = importlib.util.find_spec(f"ultramae_monai.cli.{module_name}")
+    text: dict[str, str] = {}
+    if spec is not None and spec.origin and spec.origin.endswith(".py"):
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        text["doc"] = ast.get_docstring(tree) or ""
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                key = node.targets[0].id
+                if key in ("NAME", "SUMMARY", "EXAMPLE") and isinstance(node.value, ast.Constant):
+                    text[key] = str(node.value.value)
+    if not {"NAME", "SUMMARY", "EXAMPLE"} <= set(text):  # not literal strings: import the module after all
+        m = importlib.import_module(f"ultramae_monai.cli.{module_name}")
+        text = {"NAME": m.NAME, "SUMMARY": m.SUMMARY, "EXAMPLE": m.EXAMPLE, "doc": (m.__doc__ or "").strip()}
+    return text
+
+
 def build_parser(only: str | None = None) -> VerbParser:
     """The top-level parser with one sub-parser per verb, each with its typed, defaulted options.
 
     ``only``: fill in the options of that verb alone (what ``main`` does: a verb's options may import its
     dependencies, which ``ultramae --help`` need not pay for).
     """
-    modules = verb_modules()
-    width = max(len(m.NAME) for m in modules)
-    listing = "\n".join(f"  {m.NAME:<{width}}  {m.SUMMARY}" for m in modules)
+    verbs = [(name, _verb_text(name)) for name in VERBS]
+    width = max(len(t["NAME"]) for _, t in verbs)
+    listing = "\n".join(f"  {t['NAME']:<{width}}  {t['SUMMARY']}" for _, t in verbs)
     parser = VerbParser(
         prog="ultramae",
         description="Ultrasound masked autoencoders on MONAI.",
@@ -49,17 +71,17 @@ def build_parser(only: str | None = None) -> VerbParser:
         usage="ultramae [-h] VERB ...",
     )
     subs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=VerbParser, help="one of the verbs below")
-    for m in modules:
-        doc = (m.__doc__ or "").strip()
+    for module_name, t in verbs:
         sub = subs.add_parser(
-            m.NAME,
-            prog=f"ultramae {m.NAME}",
-            description=doc or m.SUMMARY,
-            epilog=f"example:\n  {m.EXAMPLE}",
+            t["NAME"],
+            prog=f"ultramae {t['NAME']}",
+            description=t["doc"] or t["SUMMARY"],
+            epilog=f"example:\n  {t['EXAMPLE']}",
         )
-        if only is None or only == m.NAME:
+        if only is None or only == t["NAME"]:
+            m = importlib.import_module(f"ultramae_monai.cli.{module_name}")
             m.add_arguments(sub)
-        sub.set_defaults(_run=m.run, _parser=sub)
+            sub.set_defaults(_run=m.run, _parser=sub)
     return parser
 
 
