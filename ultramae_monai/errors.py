@@ -15,6 +15,7 @@ from types import TracebackType
 
 __all__ = [
     "ConvergenceError",
+    "IncompatibleCheckpointError",
     "InvalidInputError",
     "NotUltrasoundError",
     "UltraMAEError",
@@ -56,6 +57,10 @@ class InvalidInputError(UltraMAEError, ValueError):
 
 class ConvergenceError(UltraMAEError, RuntimeError):
     """An iterative solver hit its iteration cap before reaching the requested tolerance."""
+
+
+class IncompatibleCheckpointError(UltraMAEError, ValueError):
+    """A checkpoint whose weights do not fit the network (another architecture, or nothing matching)."""
 
 
 def find_ultramae_error(err: BaseException | None) -> UltraMAEError | None:
