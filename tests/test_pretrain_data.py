@@ -104,8 +104,12 @@ def test_bad_arrays_name_the_file(tmp_path: Path) -> None:
         ds[0]
     with pytest.raises(InvalidInputError, match=r"flat\.npy"):
         ds[1]
-    with pytest.raises(InvalidInputError, match="no still/cine records"):
+    with pytest.raises(
+        InvalidInputError, match=r"no still or cine records in split 'val' \(2 records, all in 'train'\)"
+    ):
         ManifestDataset(dataset_dir=tmp_path, split="val")
+    with pytest.raises(UnreadableFileError, match=r"^manifest not found: .*nowhere"):
+        ManifestDataset(dataset_dir=tmp_path / "nowhere")
     assert len(ManifestDataset(dataset_dir=tmp_path, split="val", allow_empty=True)) == 0
 
 

@@ -1,6 +1,13 @@
-"""ultramae_monai.engines: the pretraining loop and its parts (optimiser, checkpoints, RNG, DDP, previews)."""
+"""ultramae_monai.engines: the pretraining step and handlers for MONAI engines (optimiser, checkpoints, RNG, DDP)."""
 
-from ultramae_monai.engines.checkpoint import CheckpointManager, atomic_save
+from ultramae_monai.engines.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointManager,
+    atomic_save,
+    export_encoder,
+    latest_checkpoint,
+    pretrain_meta,
+)
 from ultramae_monai.engines.distributed import (
     all_gather_objects,
     cleanup_distributed,
@@ -10,16 +17,49 @@ from ultramae_monai.engines.distributed import (
     is_main_process,
     rank,
     world_size,
+    wrap_ddp,
 )
-from ultramae_monai.engines.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups, scaled_lr
+from ultramae_monai.engines.handlers import (
+    FAULT_KILL_ENV,
+    KindSamplerHandler,
+    MetricsLogger,
+    PretrainCheckpoint,
+    ReconstructionPreview,
+    StopAtStep,
+)
+from ultramae_monai.engines.mae_step import (
+    DistributedMaskedLoss,
+    MAEEvalIteration,
+    MAEIteration,
+    NonFiniteLossError,
+    device_confidence,
+    mask_noise,
+    unwrap,
+)
+from ultramae_monai.engines.optim import (
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    scaled_lr,
+    warmup_steps,
+)
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
 from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state, seed_everything
-from ultramae_monai.engines.trainer import NonFiniteLossError, PretrainTrainer
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "FAULT_KILL_ENV",
     "CheckpointManager",
+    "DistributedMaskedLoss",
+    "KindSamplerHandler",
+    "MAEEvalIteration",
+    "MAEIteration",
+    "MetricsLogger",
     "NonFiniteLossError",
-    "PretrainTrainer",
+    "PretrainCheckpoint",
+    "ReconstructionPreview",
+    "StopAtStep",
     "WarmupCosine",
     "all_gather_objects",
     "atomic_save",
@@ -27,16 +67,24 @@ __all__ = [
     "build_scheduler",
     "capture_rng_state",
     "cleanup_distributed",
+    "device_confidence",
     "distributed_device",
+    "export_encoder",
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "latest_checkpoint",
+    "mask_noise",
     "param_groups",
+    "pretrain_meta",
     "rank",
     "reconstruction_grid",
     "restore_rng_state",
     "save_grid_png",
     "scaled_lr",
     "seed_everything",
+    "unwrap",
+    "warmup_steps",
     "world_size",
+    "wrap_ddp",
 ]
