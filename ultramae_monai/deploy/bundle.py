@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
-from ultramae_monai.errors import InvalidInputError, UltraMAEError
+from ultramae_monai.errors import InvalidInputError, UltraMAEError, UnreadableFileError
 
 __all__ = [
     "CONFIG_PATH",
@@ -117,7 +117,9 @@ class BundleRunner:
         if not config.is_file():
             raise BundleError(f"no {CONFIG_PATH}: not a MONAI bundle", self.bundle_dir)
         if not weights.is_file():
-            raise BundleError(f"no weights at {WEIGHTS_PATH} (train the bundle or copy model.pt there)", self.bundle_dir)
+            raise BundleError(
+                f"no weights at {WEIGHTS_PATH} (train the bundle or copy model.pt there)", self.bundle_dir
+            )
         parser = ConfigParser()
         try:
             parser.read_config(str(config))
@@ -171,16 +173,34 @@ class BundleRunner:
         return Compose(transforms[:1]), Compose(transforms[1:])
 
     def load(self, path: str | Path) -> MetaTensor:
-        """The file through the bundle's own loader: a still ``(C, H, W)`` or a cine ``(C, T, H, W)``."""
+        """The file through the bundle's own loader: a still ``(C, H, W)`` or a cine ``(C, T, H, W)``.
+
+        Raises:
+            UltraMAEError: the reader's own error (file: cause) when the file cannot be read.
+        """
         try:
             return self.loader({"image": str(path)})["image"]
-        except RuntimeError as e:  # MONAI wraps reader errors: surface ours (file: cause)
-            cause = e.__cause__
-            while cause is not None and not isinstance(cause, UltraMAEError):
-                cause = cause.__cause__
-            if cause is not None:
-                raise cause from e
-            raise
+        except Exception as e:
+            # MONAI's LoadImage falls back to its other readers and reports theirs; ask the bundle's reader again
+            raise self._read_error(path, e) from e
+
+    def _read_error(self, path: str | Path, error: Exception) -> UltraMAEError:
+        found: BaseException | None = error
+        while found is not None and not isinstance(found, UltraMAEError):
+            found = found.__cause__
+        if isinstance(found, UltraMAEError):
+            return found
+        readers = self.loader.transforms[0]._loader.readers
+        try:
+            readers[-1].read(str(path))  # the reader the bundle names is registered last
+        except UltraMAEError as own:
+            return own
+        except Exception:  # not our reader: fall through to the generic message
+            pass
+        root: BaseException = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        return UnreadableFileError(f"the bundle's loader cannot read it ({type(root).__name__}: {root})", path)
 
     @staticmethod
     def frames(image: MetaTensor) -> list[MetaTensor]:

@@ -10,6 +10,7 @@ number), so ``highdicom.seg.Segmentation.get_pixels_by_source_frame`` maps them 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +65,14 @@ def segment_descriptions(labels: Sequence[str], algorithm: str) -> list[hd.seg.S
 def _single(
     source: Dataset, label_map: np.ndarray, descriptions: list, series_uid: str, sop_uid: str
 ) -> hd.seg.Segmentation:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # highdicom's advice on the source's person-name format
+        return _segmentation(source, label_map, descriptions, series_uid, sop_uid)
+
+
+def _segmentation(
+    source: Dataset, label_map: np.ndarray, descriptions: list, series_uid: str, sop_uid: str
+) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=label_map,
@@ -114,7 +123,9 @@ def _merge_cine(source: Dataset, label_maps: np.ndarray, descriptions: list, ser
     frames, pixels = [], []
     shape = label_maps.shape[1:]
     for t, part in enumerate(parts, start=1):
-        for item, plane in zip(part.PerFrameFunctionalGroupsSequence, part.pixel_array.reshape(-1, *shape), strict=True):
+        for item, plane in zip(
+            part.PerFrameFunctionalGroupsSequence, part.pixel_array.reshape(-1, *shape), strict=True
+        ):
             item = copy.deepcopy(item)
             for derivation in item.DerivationImageSequence:
                 for ref in derivation.SourceImageSequence:
