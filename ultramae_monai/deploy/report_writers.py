@@ -41,7 +41,7 @@ def overlay_frames(num_frames: int, max_frames: int) -> list[int]:
     """Evenly spread frame indices, at most ``max_frames`` (every frame when there are fewer)."""
     if num_frames <= max_frames:
         return list(range(num_frames))
-    return sorted({int(round(i)) for i in np.linspace(0, num_frames - 1, max_frames)})
+    return sorted({int(i) for i in np.linspace(0, num_frames - 1, max_frames).round()})
 
 
 def _to_rgb8(frame: np.ndarray) -> np.ndarray:
