@@ -2,6 +2,7 @@
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
     ScanRegion,
@@ -12,6 +13,7 @@ from ultramae_monai.transforms.scan_region import (
 
 __all__ = [
     "REGIONS_META_KEY",
+    "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
     "UltrasoundConfidenceMap",
@@ -21,4 +23,5 @@ __all__ = [
     "fov_box",
     "regions_from_meta",
     "regions_mask",
+    "restore_geometry",
 ]
