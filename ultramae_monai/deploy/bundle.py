@@ -137,14 +137,14 @@ class BundleRunner:
             self.postprocessing = parser.get_parsed_content("postprocessing", instantiate=True)
         except Exception as e:
             raise BundleError(f"cannot build the bundle's components ({type(e).__name__}: {e})", config) from e
-        self.class_names: list[str] | None = (
-            [str(c) for c in parser.get_parsed_content("class_names")] if "class_names" in parser else None
-        )
-        self.task = TASK_CLASSIFICATION if self.class_names is not None else TASK_SEGMENTATION
-        self.segment_names: list[str] = (
-            [str(c) for c in parser.get_parsed_content("label_names")] if "label_names" in parser else []
-        )
         self._load_weights(weights)
+        self.task = self._probe_task(parser)
+        names = [str(c) for c in parser.get_parsed_content("class_names")] if "class_names" in parser else None
+        self.class_names: list[str] = names or []
+        # a segmentation bundle's class_names start with the background; the SEG's segments are the rest
+        self.segment_names: list[str] = names[1:] if names and self.task == TASK_SEGMENTATION else []
+        if self.task == TASK_CLASSIFICATION and not self.class_names:
+            raise BundleError("a classification bundle must define class_names", config)
         self.loader, self.frame_transforms = self._split_loader(self.preprocessing)
 
     @property
@@ -163,6 +163,18 @@ class BundleRunner:
         except Exception as e:
             raise BundleError(f"weights do not fit network_def ({str(e).splitlines()[0]})", weights) from e
         self.network.to(self.device).eval()
+
+    @torch.no_grad()
+    def _probe_task(self, parser: ConfigParser) -> str:
+        """Segmentation when the network maps a still to a map ``(B, K, H, W)``, classification for ``(B, K)``."""
+        size = int(parser.get_parsed_content("img_size")) if "img_size" in parser else 224
+        channels = int(parser.get_parsed_content("in_channels")) if "in_channels" in parser else 1
+        probe = torch.zeros(1, channels, size, size, device=self.device)
+        try:
+            out = self.network(probe)
+        except Exception as e:
+            raise BundleError(f"network_def fails on a {tuple(probe.shape)} still ({type(e).__name__}: {e})") from e
+        return TASK_SEGMENTATION if out.ndim == 4 else TASK_CLASSIFICATION
 
     @staticmethod
     def _split_loader(preprocessing: Any) -> tuple[Compose, Compose]:
