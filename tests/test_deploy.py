@@ -32,8 +32,9 @@ from ultramae_monai.deploy.results import RESULT_FILE, STAGING_DIR  # noqa: E402
 pytestmark = pytest.mark.deploy
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_BUNDLE = REPO / "bundles" / "ultramae_segmentation"
-FALLBACK_BUNDLE = REPO / "tests" / "fixtures" / "deploy" / "ultramae_segmentation"
+SEG_BUNDLE = REPO / "bundles" / "ultramae_segmentation"
+CLS_BUNDLE = REPO / "bundles" / "ultramae_classification"
+CLS_FALLBACK = REPO / "tests" / "fixtures" / "deploy" / "ultramae_classification"  # until the real one lands
 SMALL = {"preset": "micro", "img_size": 32}  # CPU-sized overrides, applied where the bundle has these ids
 
 
@@ -42,11 +43,8 @@ def _deid_ultrasounds() -> Path:
     return Path(deid_data.__file__).parent / "data" / "ultrasounds"
 
 
-@pytest.fixture(scope="module")
-def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The segmentation bundle (the fallback config until ``bundles/ultramae_segmentation`` exists), random weights."""
-    source = REAL_BUNDLE if (REAL_BUNDLE / "configs" / "inference.json").is_file() else FALLBACK_BUNDLE
-    bundle = tmp_path_factory.mktemp("bundle") / "ultramae_segmentation"
+def _random_bundle(source: Path, bundle: Path) -> Path:
+    """A copy of the bundle's configs, shrunk by ``SMALL``, with random weights made from its ``network_def``."""
     shutil.copytree(source / "configs", bundle / "configs")
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     config.update({k: v for k, v in SMALL.items() if k in config})
@@ -57,6 +55,17 @@ def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (bundle / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
     return bundle
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _random_bundle(SEG_BUNDLE, tmp_path_factory.mktemp("bundles") / "ultramae_segmentation")
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = CLS_BUNDLE if (CLS_BUNDLE / "configs" / "inference.json").is_file() else CLS_FALLBACK
+    return _random_bundle(source, tmp_path_factory.mktemp("bundles") / "ultramae_classification")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +85,8 @@ def run_result(us_inputs: Path, seg_bundle: Path, tmp_path_factory: pytest.TempP
     return deploy_app.run_deploy(us_inputs, out, seg_bundle, device="cpu", max_overlay_frames=2), out
 
 
-def _bundle_inference(bundle: Path, path: str) -> np.ndarray:
-    """The bundle's own output for a file, through ConfigParser only: ``(T, H, W)`` label maps in source pixels."""
+def _bundle_outputs(bundle: Path, path: str) -> list[tuple[np.ndarray, dict, tuple[int, int]]]:
+    """The bundle's own postprocessed output per frame of a file, through ConfigParser only."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     net = parser.get_parsed_content("network_def")
@@ -87,18 +96,26 @@ def _bundle_inference(bundle: Path, path: str) -> np.ndarray:
     inferer = parser.get_parsed_content("inferer")
     loaded = Compose(pre.transforms[:1])({"image": path})["image"]
     frames = [loaded] if loaded.ndim == 3 else [loaded[:, t] for t in range(loaded.shape[1])]
-    maps = []
+    outputs = []
     for frame in frames:
         meta = {k: v for k, v in loaded.meta.items() if k not in ("affine", MetaKeys.ORIGINAL_SHAPE)}
         d = Compose(pre.transforms[1:])({"image": make_metatensor(frame.as_tensor(), KIND_STILL, meta)})
         with torch.no_grad():
             d["pred"] = inferer(d["image"][None], net)[0]
-        label = post(d)["pred"].numpy()[0]
-        full = np.zeros(frame.shape[-2:], np.uint8)
+        outputs.append((np.asarray(post(d)["pred"]), dict(d["image"].meta), tuple(frame.shape[-2:])))
+    return outputs
+
+
+def _bundle_inference(bundle: Path, path: str) -> np.ndarray:
+    """The segmentation bundle's label maps ``(T, H, W)`` in source pixels."""
+    maps = []
+    for label, meta, shape in _bundle_outputs(bundle, path):
+        label = label[0]
+        full = np.zeros(shape, np.uint8)
         if label.shape == full.shape:
             full[:] = label
         else:  # the map of the scan-region crop, pasted back at its box
-            r0, c0, r1, c1 = d["image"].meta[MetaKeys.FOV_BOX]
+            r0, c0, r1, c1 = meta[MetaKeys.FOV_BOX]
             full[r0:r1, c0:c1] = label
         maps.append(full)
     return np.stack(maps)
@@ -231,3 +248,59 @@ def test_module_entry_point(seg_bundle: Path, tmp_path: Path) -> None:
     result = json.loads((out / RESULT_FILE).read_text())
     seg = pydicom.dcmread(out / result["instances"][0]["sop_instance_uid"] / "ultramae_segmentation" / "seg.dcm")
     assert seg.pixel_array.shape == (350, 800)
+
+
+def test_map_app_folder_passes_the_packagers_checks(monkeypatch) -> None:
+    """Everything ``monai-deploy package`` checks before it calls Docker: the CLI exists, the config reads, the app
+    folder is a Python module with its requirements, and the documented command parses."""
+    packager = pytest.importorskip("holoscan_cli.packager.parameters", reason="holoscan-cli (monai-deploy package)")
+    from holoscan_cli.packager.config_reader import ApplicationConfiguration
+
+    app_dir = REPO / "ultramae_monai" / "deploy" / "map"
+    config = ApplicationConfiguration()
+    config.read(app_dir / "app.yaml")
+    assert config.title()
+    params = packager.PackageBuildParameters()
+    params.application = app_dir
+    assert params.application_type.name == "PythonModule"
+    assert params.requirements_file_path == app_dir / "requirements.txt"
+    command = (REPO / "docs" / "deploy.md").read_text().split("```bash\nmonai-deploy package ", 1)[1].split("\n```")[0]
+    from holoscan_cli.__main__ import parse_args
+
+    monkeypatch.chdir(REPO)
+    args = parse_args(["holoscan", "package", *command.replace("\\\n", " ").split()])
+    assert args.command == "package" and Path(args.application).resolve() == app_dir
+    assert Path(args.config).resolve() == app_dir / "app.yaml"
+    assert [Path(a).resolve() for a in args.additional_libs] == [REPO / "ultramae_monai"]
+    assert Path(args.models).resolve() == REPO / "bundles" / "ultramae_segmentation"
+
+
+def test_segmentation_and_classification_bundles_together(seg_bundle: Path, cls_bundle: Path, tmp_path: Path) -> None:
+    """``-m`` a folder of two bundles: a SEG and a classification JSON per instance, probabilities as the bundle's."""
+    models, src, out = tmp_path / "models", tmp_path / "in", tmp_path / "out"
+    for bundle in (seg_bundle, cls_bundle):
+        shutil.copytree(bundle, models / bundle.name)
+    src.mkdir()
+    shutil.copy(get_testdata_file("examples_palette.dcm"), src / "still.dcm")
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), src / "cine.dcm")
+    result = deploy_app.run_deploy(src, out, models, device="cpu", max_overlay_frames=1)
+    assert sorted((b["name"], b["task"]) for b in result["bundles"]) == [
+        ("ultramae_classification", "classification"),
+        ("ultramae_segmentation", "segmentation"),
+    ]
+    for inst in result["instances"]:
+        folder = out / inst["sop_instance_uid"]
+        assert (folder / "ultramae_segmentation" / "seg.dcm").is_file()
+        record = json.loads((folder / "ultramae_classification" / "classification.json").read_text())
+        expected = np.stack([p.reshape(-1) for p, _, _ in _bundle_outputs(cls_bundle, inst["file"])])
+        assert record["sop_instance_uid"] == inst["sop_instance_uid"]
+        assert np.asarray(record["frames"]).shape == (inst["frames"], len(record["class_names"]))
+        np.testing.assert_allclose(record["frames"], expected, atol=1e-6)
+        assert record["label"] == record["class_names"][int(expected.mean(0).argmax())]
+        sr = pydicom.dcmread(folder / "ultramae_classification" / "classification_sr.dcm")
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert (
+            sr.Modality == "SR"
+            and evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == inst["sop_instance_uid"]
+        )
+        assert sr.ContentSequence[0].TextValue == record["label"]

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-overlay-frames", type=int, default=16, help="PNG overlays per cine (evenly spread)")
+    parser.add_argument("--no-sr", dest="sr", action="store_false", help="no DICOM SR beside the classification JSON")
     parser.set_defaults(stack_reexec=True)
 
 
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_NO_SDK
     try:
-        result = run_deploy(args.input, args.output, args.model, args.device, args.max_overlay_frames)
+        result = run_deploy(
+            args.input, args.output, args.model, args.device, args.max_overlay_frames, getattr(args, "sr", True)
+        )
     except UltraMAEError as err:
         print(f"ultramae deploy: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

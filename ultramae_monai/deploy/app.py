@@ -45,6 +45,7 @@ class UltrasoundDeployApp(Application):
         stage: where the writers put their files.
         state: shared run state (skipped files, results, the error that ended the run).
         max_overlay_frames: PNG overlays per cine (evenly spread frames).
+        sr: also write the classification as a DICOM Comprehensive SR.
     """
 
     name = "ultramae-deploy"
@@ -57,6 +58,7 @@ class UltrasoundDeployApp(Application):
         stage: OutputStage,
         state: RunState,
         max_overlay_frames: int = 16,
+        sr: bool = True,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -65,6 +67,7 @@ class UltrasoundDeployApp(Application):
         self.stage = stage
         self.state = state
         self.max_overlay_frames = max_overlay_frames
+        self.sr = sr
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
@@ -99,7 +102,9 @@ class UltrasoundDeployApp(Application):
                 )
             )
         if "classification" in tasks:
-            writers.append(ClassificationWriterOperator(self, stage=self.stage, name="classification_writer"))
+            writers.append(
+                ClassificationWriterOperator(self, stage=self.stage, sr=self.sr, name="classification_writer")
+            )
         for writer in writers:
             self.add_flow(inference, writer, {("instance_results", "instance_results")})
 
@@ -110,6 +115,7 @@ def run_deploy(
     bundle_folder: str | Path,
     device: str = "auto",
     max_overlay_frames: int = 16,
+    sr: bool = True,
 ) -> dict[str, Any]:
     """Run the app once; returns the content of ``result.json``.
 
@@ -127,7 +133,7 @@ def run_deploy(
     state = RunState(bundles=[{"name": r.name, "task": r.task, "path": str(r.bundle_dir)} for r in runners])
     stage = OutputStage(output_folder).open()
     try:
-        UltrasoundDeployApp(src, runners, stage, state, max_overlay_frames).run()
+        UltrasoundDeployApp(src, runners, stage, state, max_overlay_frames, sr).run()
         if state.error is not None:
             raise state.error
         return stage.commit(state)

@@ -7,7 +7,9 @@ read with its pixel data deferred; a file that cannot be parsed is set aside wit
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ __all__ = [
     "is_ultrasound_image",
     "list_files",
     "read_headers",
+    "source_header",
 ]
 
 # Ultrasound Image Storage and Ultrasound Multi-frame Image Storage, current and retired (PS3.4 B.5)
@@ -34,6 +37,18 @@ US_IMAGE_SOP_CLASSES = frozenset(
     }
 )
 _DICOMDIR = "1.2.840.10008.1.3.10"
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
 _IDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -83,3 +98,21 @@ def is_ultrasound_image(ds: Dataset) -> bool:
         return True
     modality = str(ds.get("Modality", "") or "").upper()
     return modality in US_MODALITIES and "Rows" in ds and "Columns" in ds and "PixelData" in ds
+
+
+def source_header(source: Dataset, drop: tuple[str, ...] = ()) -> Dataset:
+    """The source header without pixel data, with the patient/study attributes highdicom copies present.
+
+    Those are type 2 (may be empty) in the ultrasound IODs, and some devices leave them out altogether.
+    """
+    header = Dataset()
+    header.file_meta = copy.deepcopy(source.file_meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom re-validates the device's over-long values
+        for elem in source:
+            if elem.keyword not in ("PixelData", *drop):
+                header.add(copy.deepcopy(elem))
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header

@@ -26,9 +26,10 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 
 from ultramae_monai.deploy.bundle import TASK_CLASSIFICATION, BundleRunner
 from ultramae_monai.deploy.dicom_input import SkippedFile, is_ultrasound_image, list_files, read_headers
-from ultramae_monai.deploy.report_writers import write_classification, write_overlays
+from ultramae_monai.deploy.report_writers import classification_record, write_overlays
 from ultramae_monai.deploy.results import InstanceResult, OutputStage, RunState
 from ultramae_monai.deploy.seg_writer import build_segmentation, write_segmentation
+from ultramae_monai.deploy.sr_writer import write_classification_sr
 from ultramae_monai.errors import InvalidInputError, NotUltrasoundError, UltraMAEError
 
 __all__ = [
@@ -201,13 +202,22 @@ class DicomSegWriterOperator(_WriterOperator):
 
 
 class ClassificationWriterOperator(_WriterOperator):
-    """The classification result per instance and bundle: ``<SOPInstanceUID>/<bundle>/classification.json``."""
+    """The classification result per instance and bundle: ``<SOPInstanceUID>/<bundle>/classification.json``,
+    and with ``sr`` a DICOM Comprehensive SR of it beside (``classification_sr.dcm``)."""
+
+    def __init__(self, fragment: Fragment, *args, stage: OutputStage, sr: bool = True, **kwargs) -> None:
+        self.sr = sr
+        super().__init__(fragment, *args, stage=stage, **kwargs)
 
     def write(self, instance: InstanceResult) -> None:
         for bundle in instance.classifications:
             path = self.stage.path(instance.sop_instance_uid, bundle, "classification.json")
-            write_classification(instance, bundle, path)
+            record = classification_record(instance, bundle)
+            path.write_text(json.dumps(record, indent=2) + "\n")
             instance.outputs.append(str(path.relative_to(self.stage.root)))
+            if self.sr:
+                sr = write_classification_sr(instance.header, record, path.with_name("classification_sr.dcm"))
+                instance.outputs.append(str(sr.relative_to(self.stage.root)))
 
 
 class OverlayWriterOperator(_WriterOperator):

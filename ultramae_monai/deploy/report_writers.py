@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from PIL import Image
 
 from ultramae_monai.deploy.results import InstanceResult
 
-__all__ = ["OVERLAY_COLORS", "classification_record", "overlay_frames", "write_classification", "write_overlays"]
+__all__ = ["OVERLAY_COLORS", "classification_record", "overlay_frames", "write_overlays"]
 
 OVERLAY_COLORS = np.array([[255, 64, 64], [64, 200, 255], [255, 210, 0], [120, 255, 120]], np.float32)
 _ALPHA = 0.4
@@ -30,11 +29,6 @@ def classification_record(instance: InstanceResult, bundle: str) -> dict:
         "probabilities": {n: float(p) for n, p in zip(names, mean, strict=True)},
         "frames": [[float(v) for v in row] for row in probs],
     }
-
-
-def write_classification(instance: InstanceResult, bundle: str, path: Path) -> Path:
-    path.write_text(json.dumps(classification_record(instance, bundle), indent=2) + "\n")
-    return path
 
 
 def overlay_frames(num_frames: int, max_frames: int) -> list[int]:

@@ -24,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 
 import ultramae_monai
+from ultramae_monai.deploy.dicom_input import source_header
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = ["SEG_SERIES_NUMBER", "build_segmentation", "segment_descriptions", "write_segmentation"]
@@ -31,17 +32,6 @@ __all__ = ["SEG_SERIES_NUMBER", "build_segmentation", "segment_descriptions", "w
 SEG_SERIES_NUMBER = 901  # series number of the derived SEG series (the source's number is kept in its references)
 _TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 _FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
-_TYPE2_COPIED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 
 
 def segment_descriptions(labels: Sequence[str], algorithm: str) -> list[hd.seg.SegmentDescription]:
@@ -91,25 +81,9 @@ def _segmentation(
     )
 
 
-def _header(source: Dataset, drop: tuple[str, ...] = ()) -> Dataset:
-    """The source header without pixel data, with the patient/study attributes highdicom copies present.
-
-    Those are type 2 (may be empty) in the ultrasound IODs, and some devices leave them out altogether.
-    """
-    header = Dataset()
-    header.file_meta = copy.deepcopy(source.file_meta)
-    for elem in source:
-        if elem.keyword not in ("PixelData", *drop):
-            header.add(copy.deepcopy(elem))
-    for keyword in _TYPE2_COPIED:
-        if keyword not in header:
-            setattr(header, keyword, "")
-    return header
-
-
 def _frame_proxy(source: Dataset) -> Dataset:
     """The cine's header as a single-frame image (no frame of reference) for highdicom."""
-    proxy = _header(source, ("NumberOfFrames", "FrameIncrementPointer", "FrameOfReferenceUID"))
+    proxy = source_header(source, ("NumberOfFrames", "FrameIncrementPointer", "FrameOfReferenceUID"))
     proxy.SOPClassUID = hd.UID("1.2.840.10008.5.1.4.1.1.6.1")  # Ultrasound Image Storage: one frame
     return proxy
 
@@ -177,7 +151,7 @@ def build_segmentation(
     descriptions = segment_descriptions(labels, algorithm)
     maps = np.where(maps <= len(labels), maps, 0).astype(np.uint8)
     if n == 1:
-        return _single(_header(source), maps[0], descriptions, hd.UID(), hd.UID())
+        return _single(source_header(source), maps[0], descriptions, hd.UID(), hd.UID())
     return _merge_cine(source, maps, descriptions, hd.UID())
 
 
