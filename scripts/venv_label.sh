@@ -39,7 +39,7 @@ fi
   "monai>=1.6,<1.7" "pytorch-ignite>=0.5" nibabel "scikit-image" pynrrd \
   fastapi uvicorn python-multipart pydantic pydantic-settings python-dotenv requests requests-toolbelt httpx \
   schedule timeloop expiringdict expiring-dict cachetools watchdog filelock psutil passlib "python-jose[cryptography]" \
-  bcrypt pyyaml girder-client einops tensorboard
+  bcrypt pyyaml girder-client einops tensorboard pyjwt google-auth pydicom-seg
 "${PIP[@]}" --no-deps "monailabel==0.8.5"
 
 # The project, with its runtime dependencies except pydicom>=3 (pydicom 2.4 is installed above).

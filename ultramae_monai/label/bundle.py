@@ -119,17 +119,19 @@ class SegmentationBundle:
 
         Split so that a cine is loaded once and each frame goes through the rest as a 2D image.
         """
-        pre = self.parser.get_parsed_content("preprocessing", lazy=False)
+        pre = self.parser.get_parsed_content("preprocessing")
         transforms = list(pre.transforms) if isinstance(pre, Compose) else [pre]
         if not transforms or not isinstance(transforms[0], (LoadImaged, LoadImage)):
             raise BundleError("preprocessing must start with LoadImaged (the ultrasound reader)", self.inference_config)
         return transforms[0], Compose(transforms[1:])
 
     def inferer(self) -> Callable:
-        return self.parser.get_parsed_content("inferer", lazy=False)
+        return self.parser.get_parsed_content("inferer")
 
     def postprocessing(self) -> Callable:
-        return self.parser.get_parsed_content("postprocessing", lazy=False)
+        """Parsed from the same parser as :meth:`preprocessing`, so an ``Invertd`` on ``@preprocessing`` inverts the
+        very transform instances that ran (MONAI checks their ids)."""
+        return self.parser.get_parsed_content("postprocessing")
 
     def train_parser(self, overrides: Mapping[str, Any]) -> ConfigParser:
         """``train.json`` with the bundle-wide overrides and then ``overrides`` (data list, epochs, output)."""
