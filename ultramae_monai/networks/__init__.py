@@ -13,6 +13,8 @@ from ultramae_monai.networks.interop import (
 from ultramae_monai.networks.masking import MaskSample, sample_mask, token_confidence, token_validity
 from ultramae_monai.networks.pos_embed import SpatioTemporalPosEmbed, sincos_1d, sincos_2d
 from ultramae_monai.networks.presets import ENCODER_PRESETS, PRETRAINING_RECIPES
+from ultramae_monai.networks.pretrained import encoder_meta, load_encoder_state, load_pretrained_encoder
+from ultramae_monai.networks.segmentation import UltraMAEUNETR, segmentation_network
 from ultramae_monai.networks.tubelet_vit import TubeletEmbed, UltraMAEEncoder
 from ultramae_monai.networks.ultramae import UltraMAE
 
@@ -28,11 +30,16 @@ __all__ = [
     "UltraMAEClassifier",
     "UltraMAEEncoder",
     "UltraMAESegmenter",
+    "UltraMAEUNETR",
+    "encoder_meta",
+    "load_encoder_state",
     "load_mae_weights",
     "load_monai_mae_weights",
+    "load_pretrained_encoder",
     "mae_state_dict",
     "monai_vit_state_dict",
     "sample_mask",
+    "segmentation_network",
     "sincos_1d",
     "sincos_2d",
     "to_monai_unetr",
