@@ -12,7 +12,7 @@ from ultramae_monai.cli import label
 from ultramae_monai.errors import UltraMAEError
 
 sys.path.insert(0, str(Path(__file__).parent / "label"))
-from bundle_fixture import write_micro_bundle
+from bundle_fixture import micro_bundle
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -23,7 +23,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return write_micro_bundle(tmp_path_factory.mktemp("bundle"))
+    return micro_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def test_dry_run_prints_the_documented_start_server_command(tmp_path, bundle, capsys):

@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bundle_fixture import write_micro_bundle  # noqa: E402
+from bundle_fixture import BUNDLE, micro_bundle, micro_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HC18 = ROOT.parent / "shared" / "data" / "hc18"
@@ -39,6 +39,7 @@ STARTUP_TIMEOUT_S = 180  # a guard against a hung start, not a measurement
 pytestmark = [
     pytest.mark.shared_data,
     pytest.mark.skipif(not (HC18 / "images").is_dir(), reason=f"HC18 images not found at {HC18} (../shared/data)"),
+    pytest.mark.skipif(not BUNDLE.is_dir(), reason=f"the segmentation bundle is not in this checkout ({BUNDLE})"),
 ]
 
 
@@ -91,7 +92,7 @@ class Server:
         self.studies.mkdir()
         for name in IMAGES:
             shutil.copy(HC18 / "images" / f"{name}.png", self.studies / f"{name}.png")
-        self.bundle = write_micro_bundle(tmp)
+        self.bundle = micro_bundle(tmp)
         self.model_dir = tmp / "model"
         self.model_file = self.model_dir / f"{MODEL}.pt"
         self.port = _free_port()
@@ -115,6 +116,9 @@ class Server:
             "--conf",
             "model_dir",
             str(self.model_dir),
+            "--conf",
+            "bundle_overrides",
+            micro_overrides(),
             "--conf",
             "max_epochs",
             "1",
@@ -185,7 +189,7 @@ def test_info_lists_the_tasks(server):
     assert MODEL in info["models"] and MODEL in info["trainers"]
     assert {"uncertainty", "random"} <= set(info["strategies"])
     assert "uncertainty" in info["scoring"]
-    assert info["labels"] == {"fetal head": 1}
+    assert info["labels"] == {"fetal_head": 1}
     assert info["datastore"]["total"] == len(IMAGES)
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry_run", action="store_true", help="print the monailabel command and exit")
 
 
-def server_command(args: argparse.Namespace, monailabel: str = "monailabel") -> list[str]:
+def server_command(args: argparse.Namespace) -> list[str]:
     """The ``monailabel start_server`` command line these options stand for (inputs checked)."""
     studies, bundle, app_dir = Path(args.studies), Path(args.bundle), Path(args.app_dir)
     if not studies.is_dir():
@@ -72,35 +70,28 @@ def server_command(args: argparse.Namespace, monailabel: str = "monailabel") -> 
     if args.bundle_overrides:
         conf.append(("bundle_overrides", args.bundle_overrides))
     conf.extend((str(k), str(v)) for k, v in args.conf)
-    cmd = [monailabel, "start_server", "--app", str(app_dir.resolve()), "--studies", str(studies.resolve())]
+    cmd = ["monailabel", "start_server", "--app", str(app_dir.resolve()), "--studies", str(studies.resolve())]
     cmd += ["--host", args.host, "--port", str(args.port)]
     for key, value in conf:
         cmd += ["--conf", key, value]
     return cmd
 
 
-def _monailabel() -> str:
-    """The ``monailabel`` launcher of this Python environment."""
-    local = Path(sys.executable).parent / "monailabel"
-    found = str(local) if local.is_file() else shutil.which("monailabel")
+def _check_monailabel() -> None:
     try:
         import monailabel  # noqa: F401
-    except ImportError:
-        found = None
-    if not found:
+    except ImportError as e:
         raise UltraMAEError(
             "MONAI Label is not installed in this environment: build it with 'bash scripts/venv_label.sh' and run "
-            "'.venv-label/bin/ultramae label ...' (or '.venv-label/bin/python -m ultramae_monai.cli label ...')"
-        )
-    return found
+            "'.venv-label/bin/python -m ultramae_monai.cli label ...'"
+        ) from e
 
 
 def run(args: argparse.Namespace) -> int:
-    cmd = server_command(args, "monailabel" if args.dry_run else _monailabel())
+    cmd = server_command(args)
     print(shlex.join(cmd))
     if args.dry_run:
         return 0
-    # the launcher runs `python -m monailabel.main`: make it this interpreter, as an activated venv would
-    env = {**os.environ, "MONAILABEL_PYEXE": sys.executable}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.call(cmd, env=env)
+    _check_monailabel()
+    # the `monailabel` launcher is a shell script that splits arguments on spaces: run its module directly
+    return subprocess.call([sys.executable, "-m", "monailabel.main", *cmd[1:]])

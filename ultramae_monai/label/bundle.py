@@ -22,7 +22,7 @@ from monai.transforms import Compose, LoadImage, LoadImaged
 
 from ultramae_monai.errors import UltraMAEError
 
-__all__ = ["BundleError", "SegmentationBundle", "TrainIds", "load_weights"]
+__all__ = ["ARCHITECTURE_KEYS", "BundleError", "SegmentationBundle", "TrainIds", "load_weights"]
 
 
 class BundleError(UltraMAEError):
@@ -31,17 +31,26 @@ class BundleError(UltraMAEError):
 
 @dataclass(frozen=True)
 class TrainIds:
-    """Config ids of ``train.json`` the label app sets or reads (the app's ``train_ids`` conf can rename them)."""
+    """Config ids of ``train.json`` the label app sets or reads (the app's ``train_ids`` conf can rename them).
 
-    datalist: str = "train_datalist"
-    val_datalist: str = "val_datalist"
+    ``data`` receives ``{"train": [...], "val": [...]}`` of ``{"image", "label"}`` items; ``extra`` holds any
+    further values to set (for example ``{"batch_size": 2}``).
+    """
+
+    data: str = "data"
     trainer: str = "train#trainer"
+    initialize: str = "initialize"
     network: str = "network"
     max_epochs: str = "max_epochs"
     output_dir: str = "output_dir"
     pretrained: str = "pretrained"
-    device: str = "device"
+    num_workers: str = "num_workers"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: settings of a trained model (``settings.json`` beside its weights) that fix the network's architecture and
+#: input scaling: a fine-tuning run that starts from those weights must use the same values
+ARCHITECTURE_KEYS = ("preset", "tubelet", "in_channels", "img_size", "decoder", "class_names", "intensity")
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -75,27 +84,33 @@ class SegmentationBundle:
         if not self.inference_config.is_file():
             raise BundleError("not a segmentation bundle: configs/inference.json is missing", self.bundle_dir)
         self.parser = self._parser(self.inference_config)
+        if "ckpt" in self.parser:  # the bundle reads its architecture from the settings beside these weights
+            self.parser["ckpt"] = str(self.weights)
         for key in ("network_def", "preprocessing", "inferer", "postprocessing"):
             if key not in self.parser:
                 raise BundleError(f"inference.json defines no {key!r}", self.inference_config)
 
-    def _parser(self, config: Path, overrides: Mapping[str, Any] | None = None) -> ConfigParser:
+    def _parser(self, config: Path) -> ConfigParser:
         parser = ConfigParser()
-        files = [str(config)]
         if self.metadata.is_file():
             parser.read_meta(str(self.metadata))
-        parser.read_config(files)
+        parser.read_config([str(config)])
         parser["bundle_root"] = str(self.bundle_dir)
-        parser.update({**self.overrides, **dict(overrides or {})})
+        parser.update(self.overrides)
         return parser
 
     def get(self, key: str, default: Any = None) -> Any:
         """A parsed value of ``inference.json`` (``default`` when absent)."""
         return self.parser.get_parsed_content(key) if key in self.parser else default
 
+    def settings(self) -> dict[str, Any]:
+        """The architecture settings of the bundle's weights (``settings.json`` beside them), ``{}`` when none."""
+        settings = self.get("settings", {}) if "ckpt" in self.parser else {}
+        return {k: v for k, v in dict(settings or {}).items() if k in ARCHITECTURE_KEYS}
+
     def labels(self) -> dict[str, int]:
-        """Label name -> value: the config's ``label_names`` (a list, background first, or a dict), else one structure."""
-        names = self.get("label_names")
+        """Label name -> value from ``class_names`` / ``label_names`` (a list, background first, or a dict)."""
+        names = self.get("class_names", self.get("label_names"))
         if isinstance(names, Mapping):
             return {str(k): int(v) for k, v in names.items() if int(v) != 0}
         if isinstance(names, Sequence) and not isinstance(names, str) and len(names) > 1:
@@ -134,7 +149,11 @@ class SegmentationBundle:
         return self.parser.get_parsed_content("postprocessing")
 
     def train_parser(self, overrides: Mapping[str, Any]) -> ConfigParser:
-        """``train.json`` with the bundle-wide overrides and then ``overrides`` (data list, epochs, output)."""
+        """``train.json`` with the architecture of the bundle's weights, the bundle-wide overrides, then ``overrides``
+        (data list, epochs, output)."""
         if not self.train_config.is_file():
             raise BundleError("the bundle has no configs/train.json: it cannot be fine-tuned", self.bundle_dir)
-        return self._parser(self.train_config, overrides)
+        parser = self._parser(self.train_config)
+        arch = {k: v for k, v in self.settings().items() if k in parser and k not in self.overrides}
+        parser.update({**arch, **dict(overrides)})
+        return parser

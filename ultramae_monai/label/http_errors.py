@@ -30,3 +30,5 @@ def as_http(not_found: bool = False, what: str = "") -> Iterator[None]:
         yield
     except UltraMAEError as e:
         raise HTTPException(status_code=http_status(e), detail=str(e)) from e
+    except SystemExit as e:  # the bundle's entry points exit with "error: <file>: <cause>" on bad input
+        raise HTTPException(status_code=422, detail=str(e.code)) from e

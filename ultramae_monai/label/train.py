@@ -3,8 +3,9 @@
 The training itself is the bundle's ``train.json`` read with ``ConfigParser``: the task only overrides its data
 list (the datastore's image / label pairs), epochs, output folder, device and pretrained-encoder source, runs its
 ``train#trainer`` (a MONAI ``SupervisedTrainer``) and publishes the network's state dict to the app's model file,
-which the infer task picks up on its next request. The first run starts from the pretrained encoder the bundle
-(or the app's ``pretrained`` conf) names; later runs continue from the last published model.
+which the infer task picks up on its next request. A run starts from the app's last fine-tuned model, else from
+the bundle's ``models/model.pt``, else from the pretrained encoder the bundle's ``initialize`` loads (the
+bundle's ``pretrained`` value, or the app's ``pretrained`` conf).
 """
 
 from __future__ import annotations
@@ -105,40 +106,58 @@ class UltraMAESegmentationTrain(BasicTrainTask):
         """Raise :class:`NoLabelsError` before a train request is dispatched when there is nothing to learn from."""
         self.pre_process({}, datastore)
 
+    @staticmethod
+    def split(datalist: list[dict[str, Any]], val_fraction: float = 0.2) -> dict[str, list[dict[str, Any]]]:
+        """Train / validation lists: the last ``val_fraction`` of the labels (by image id) once there are 5 or more;
+        with fewer, validation runs on the training labels (it then measures fit, not generalisation)."""
+        items = sorted(datalist, key=lambda d: str(d["image"]))
+        n_val = round(len(items) * val_fraction) if len(items) >= 5 else 0
+        if n_val == 0:
+            return {"train": items, "val": list(items)}
+        return {"train": items[:-n_val], "val": items[-n_val:]}
+
     def overrides(self, request: dict[str, Any], datalist: list[dict[str, Any]], output_dir: Path) -> dict[str, Any]:
         """The ``train.json`` values this request sets."""
         ids = self.ids
         values: dict[str, Any] = {
-            ids.datalist: datalist,
-            ids.val_datalist: [],
+            ids.data: self.split(datalist, float(request.get("val_split", 0.2) or 0.0)),
             ids.max_epochs: int(request.get("max_epochs", self._config["max_epochs"])),
             ids.output_dir: str(output_dir),
-            ids.device: f"$torch.device('{request.get('device', 'cpu')}')",
+            ids.num_workers: 0,  # the server's process: no DataLoader workers forked from its threads
             **ids.extra,
         }
         if self.pretrained_source is not None:
             values[ids.pretrained] = self.pretrained_source
         return values
 
+    def start_weights(self, request: dict[str, Any]) -> Path | None:
+        """Weights the run starts from: the app's last fine-tuned model, else the bundle's model; ``None`` (the
+        pretrained encoder the bundle's ``initialize`` loads) when neither exists or the request says
+        ``"pretrained": false``."""
+        if not request.get("pretrained", True):
+            return None
+        for path in (self.model_file, self.bundle.weights):
+            if path.is_file():
+                return path
+        return None
+
     def train(self, rank: int, world_size: int, request: dict[str, Any], datalist: list[dict[str, Any]]) -> dict:
         start = time.time()
-        device = request.get("device", "cpu")
-        device = device[0] if isinstance(device, list) else device
-        request = {**request, "device": device if torch.cuda.is_available() else "cpu"}
         output_dir = Path(self._model_dir) / str(request.get("name", "ultramae_segmentation"))
         output_dir.mkdir(parents=True, exist_ok=True)
-        parser = self.bundle.train_parser(self.overrides(request, datalist, output_dir))
         ids = self.ids
+        parser = self.bundle.train_parser(self.overrides(request, datalist, output_dir))
         network = parser.get_parsed_content(ids.network)
-        resumed = False
-        if request.get("pretrained", True) and self.model_file.is_file():
-            network.load_state_dict(load_weights(self.model_file))  # continue from the last fine-tuned model
-            resumed = True
+        if ids.initialize in parser:
+            parser.get_parsed_content(ids.initialize)  # determinism, data, pretrained encoder, settings.json
+        source = self.start_weights(request)
+        if source is not None:
+            network.load_state_dict(load_weights(source))
         trainer = parser.get_parsed_content(ids.trainer)
-        logger.info(f"fine-tuning on {len(datalist)} labelled images for {trainer.state.max_epochs} epochs")
+        logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or 'the pretrained encoder'}")
         trainer.run()
-        tmp = self.model_file.with_suffix(".tmp")
         self.model_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.model_file.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
         os.replace(tmp, self.model_file)  # atomic: the infer task never sees half a file
         output = trainer.state.output
@@ -149,7 +168,7 @@ class UltraMAESegmentationTrain(BasicTrainTask):
             "iterations": int(trainer.state.iteration),
             "images": len(datalist),
             "loss": float(loss) if loss is not None else None,
-            "resumed_from_model": resumed,
+            "start_weights": str(source) if source else "pretrained encoder",
             "model_file": str(self.model_file),
             "start_ts": int(start),
         }
