@@ -28,8 +28,8 @@ from PIL import Image
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, kind_of, make_metatensor
 from ultramae_monai.data.load import load_ultrasound
 from ultramae_monai.errors import InvalidInputError, UltraMAEError, UnreadableFileError
-from ultramae_monai.label.bundle import SegmentationBundle
-from ultramae_monai.label.validation import check_ultrasound_file
+from ultramae_monai.label.bundle import BundleError, SegmentationBundle
+from ultramae_monai.label.validation import check_ultrasound_file, single_instance
 
 __all__ = ["UltraMAESegmentationInfer", "frames_of", "write_mask"]
 
@@ -95,7 +95,8 @@ class UltraMAESegmentationInfer(BasicInferTask):
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
-        return self.bundle.weights.is_file() or self.model_file.is_file()
+        """Always listed, so a client can train it; a request before any weights exist gets a clear error."""
+        return True
 
     def weights_path(self) -> Path:
         """The app's fine-tuned model when training has written one, else the bundle's weights."""
@@ -104,6 +105,12 @@ class UltraMAESegmentationInfer(BasicInferTask):
     def load_network(self, device: torch.device) -> torch.nn.Module:
         """The network with the newest weights, reloaded when the weights file changes."""
         path = self.weights_path()
+        if not path.is_file():
+            raise BundleError(
+                "no segmentation weights yet (the bundle has no models/model.pt and the app has not trained): "
+                "save labels and run training first",
+                path,
+            )
         mtime = path.stat().st_mtime
         with self._lock:
             if self._net is None or self._net[1:] != (str(path), mtime):
@@ -120,6 +127,7 @@ class UltraMAESegmentationInfer(BasicInferTask):
 
     def probabilities(self, image_path: str, device: torch.device, frame: int | None = None) -> tuple[Any, list]:
         """Load and preprocess ``image_path``; per frame, the preprocessed dict with ``"pred"`` logits ``(K, h, w)``."""
+        image_path = single_instance(image_path)
         check_ultrasound_file(image_path)
         try:
             loaded = self._loader({"image": image_path})

@@ -147,13 +147,16 @@ class UltraMAESegmentationTrain(BasicTrainTask):
         output_dir.mkdir(parents=True, exist_ok=True)
         ids = self.ids
         parser = self.bundle.train_parser(self.overrides(request, datalist, output_dir))
-        network = parser.get_parsed_content(ids.network)
-        if ids.initialize in parser:
-            parser.get_parsed_content(ids.initialize)  # determinism, data, pretrained encoder, settings.json
+        try:
+            network = parser.get_parsed_content(ids.network)
+            if ids.initialize in parser:
+                parser.get_parsed_content(ids.initialize)  # determinism, data, pretrained encoder, settings.json
+            trainer = parser.get_parsed_content(ids.trainer)
+        except SystemExit as e:  # the bundle's entry points exit with "error: <file>: <cause>" on bad input
+            raise InvalidInputError(str(e.code).removeprefix("error: ")) from e
         source = self.start_weights(request)
         if source is not None:
             network.load_state_dict(load_weights(source))
-        trainer = parser.get_parsed_content(ids.trainer)
         logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or 'the pretrained encoder'}")
         trainer.run()
         self.model_file.parent.mkdir(parents=True, exist_ok=True)

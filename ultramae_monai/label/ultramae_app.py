@@ -68,7 +68,9 @@ class UltraMAELabelApp(MONAILabelApp):
             labels=self.bundle.labels(),
         )
 
-    def init_datastore(self) -> UltrasoundDatastore:
+    def init_datastore(self) -> Any:
+        if self.studies.startswith(("http://", "https://")):  # DICOMweb (OHIF) and other remote stores
+            return super().init_datastore()
         return UltrasoundDatastore(
             self.studies,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,

@@ -17,9 +17,21 @@ from ultramae_monai.data.dicom_reader import US_MODALITIES
 from ultramae_monai.data.load import SOURCE_DICOM, SOURCE_IMAGE, SOURCE_VOLUME, load_ultrasound, source_type
 from ultramae_monai.errors import InvalidInputError, NotUltrasoundError, UnreadableFileError
 
-__all__ = ["LABEL_SUFFIXES", "check_ultrasound_file", "image_size", "read_label_mask"]
+__all__ = ["LABEL_SUFFIXES", "check_ultrasound_file", "image_size", "read_label_mask", "single_instance"]
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd", ".npy")
+
+
+def single_instance(path: str | os.PathLike) -> str:
+    """A DICOMweb datastore hands a series over as a folder of instances: its one file (an ultrasound image or
+    cine is one instance); a plain file is returned as is."""
+    p = Path(path)
+    if not p.is_dir():
+        return str(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file())
+    if len(files) != 1:
+        raise InvalidInputError(f"a series of {len(files)} files: send one image or cine instance", p)
+    return str(files[0])
 
 
 def check_ultrasound_file(path: str | os.PathLike) -> str:
