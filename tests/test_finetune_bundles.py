@@ -18,7 +18,7 @@ from monai.bundle import run as bundle_run
 from PIL import Image
 
 from ultramae_monai.data.outline_masks import fill_outline_dataset
-from ultramae_monai.networks import UltraMAE
+from ultramae_monai.networks import UltraMAE, UltraMAEEncoder, load_pretrained_encoder
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 CLS, SEG = BUNDLES / "ultramae_classification", BUNDLES / "ultramae_segmentation"
@@ -200,7 +200,8 @@ def test_classification_of_clips_through_the_same_encoder(tmp_path: Path) -> Non
 
 
 def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_path: Path) -> None:
-    """The pretraining bundle runs a few steps; its newest checkpoint initialises the classifier's encoder."""
+    """The pretraining bundle runs a few steps; its checkpoint and its exported ``encoder.pt`` fill a fresh encoder
+    exactly, and ``encoder.pt`` initialises the classifier's encoder (architecture and intensity from its meta)."""
     from test_pretrain_data import make_manifest
 
     pre = BUNDLES / "ultramae_pretrain"
@@ -214,15 +215,26 @@ def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_pat
         max_epochs=1, checkpoint_every=2, num_workers=0, preview_every=0, tensorboard=False,
     )  # fmt: skip
     ckpt = max(out.rglob("*.pt"), key=lambda p: p.stat().st_mtime)
+    network = torch.load(ckpt, weights_only=True)["network"]  # weights-only loadable, RNG state included
+    encoder_pt = tmp_path / "encoder.pt"
+    bundle_run(config_file=str(pre / "configs" / "inference.json"), bundle_root=str(pre), output_dir=str(out),
+               export_path=str(encoder_pt), preset="micro", tubelet=[2, 8, 8])  # fmt: skip
+    x = torch.rand(2, 1, 32, 32)
+    outputs = []
+    for source in (ckpt, encoder_pt):  # the checkpoint and the exported encoder fill a fresh encoder alike
+        enc = UltraMAEEncoder.from_preset("micro", tubelet=(2, 8, 8)).eval()
+        report = load_pretrained_encoder(enc, source)
+        assert not report.missing and len(report.matched) == len(enc.state_dict())
+        assert all(torch.equal(v, network[f"encoder.{k}"]) for k, v in enc.state_dict().items())
+        with torch.no_grad():
+            outputs.append(enc(x))
+    assert torch.equal(*outputs)
     run = tmp_path / "run"
-    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(ckpt), max_epochs=1, output_dir=str(run),
-         mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
-    pretrained = torch.load(ckpt, weights_only=True)
-    network = pretrained.get("network", pretrained.get("encoder"))
-    prefix = "encoder." if "network" in pretrained else ""
+    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(encoder_pt), max_epochs=1,
+         output_dir=str(run), mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
     state = torch.load(run / "model.pt", weights_only=True)
-    enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    assert enc and all(torch.equal(v, network[prefix + k]) for k, v in enc.items())
+    enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert enc_state and all(torch.equal(v, network[f"encoder.{k}"]) for k, v in enc_state.items())
 
 
 def test_monai_mae_weights_build_a_matching_encoder(busi_small: Path, tmp_path: Path) -> None:
