@@ -15,7 +15,7 @@ from ultramae_monai.data.labelled import classification_items, detect_layout, in
 from ultramae_monai.data.outline_masks import fill_outline
 from ultramae_monai.data.splits import finetune_datalists, grouped_split, label_fraction_subset
 from ultramae_monai.engines.layer_decay import layer_decay_param_groups
-from ultramae_monai.errors import InvalidInputError
+from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 from ultramae_monai.handlers import classification_metrics
 from ultramae_monai.networks import UltraMAEClassifier, UltraMAEEncoder
 
@@ -198,3 +198,12 @@ def test_fill_outlines_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert mask[15, 20] == 255 and mask[1, 1] == 0
     assert main(["fill-outlines", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
     assert "nowhere: dataset folder not found" in capsys.readouterr().err
+
+
+def test_truncated_image_is_named_before_training(tmp_path: Path) -> None:
+    for i in range(3):
+        _png(tmp_path / "a" / f"a ({i}).png", (64, 48), value=i * 40)
+    good = (tmp_path / "a" / "a (0).png").read_bytes()
+    (tmp_path / "a" / "a (9).png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UnreadableFileError, match=r"a \(9\)\.png: corrupt or truncated image"):
+        classification_items(tmp_path)

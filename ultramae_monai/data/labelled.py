@@ -39,6 +39,7 @@ __all__ = [
     "MASK_MARKERS",
     "SEGMENTATION",
     "check_mask_sizes",
+    "check_readable",
     "classification_items",
     "detect_layout",
     "group_of",
@@ -145,6 +146,7 @@ def classification_items(
                 f"class folder {name!r} holds no images ({', '.join(SUPPORTED_SUFFIXES[:6])} ...)", folder
             )
         items += [{"image": str(p), "label": names.index(name), "group": group_of(p)} for p in files]
+    check_readable([it["image"] for it in items])
     return items, names
 
 
@@ -176,9 +178,27 @@ def segmentation_items(dataset_dir: str | PathLike, check_sizes: bool = True) ->
         items.append({"image": str(img), "label": str(mask), "group": group_of(img)})
     if not items:
         raise InvalidInputError("no image/mask pairs found", root)
+    check_readable([p for it in items for p in (it["image"], it["label"])])
     if check_sizes:
         check_mask_sizes(items)
     return items
+
+
+_PIL_SUFFIXES = ("png", "jpg", "jpeg", "jpe", "bmp", "tif", "tiff")
+
+
+def check_readable(paths: Sequence[str | PathLike]) -> None:
+    """Raise, naming the file, when a PNG/JPEG/BMP/TIFF is truncated or corrupt (Pillow's structural ``verify``,
+    no decoding); other formats are checked by their reader when loaded."""
+    for path in paths:
+        p = Path(path)
+        if _suffix(p) not in _PIL_SUFFIXES:
+            continue
+        try:
+            with Image.open(p) as img:
+                img.verify()
+        except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error) for bad files
+            raise UnreadableFileError(f"corrupt or truncated image ({type(err).__name__}: {err})", p) from err
 
 
 def check_mask_sizes(items: Sequence[dict[str, Any]]) -> None:
