@@ -103,11 +103,13 @@ def _meta(pretrained: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def pretrained_architecture(pretrained: str | os.PathLike | None) -> dict[str, Any]:
-    """The encoder kwargs a pretraining checkpoint records (``preset``, ``tubelet``, ...); ``{}`` for scratch.
+    """The encoder kwargs a pretraining checkpoint records (``preset``, ``tubelet``, ...); ``{}`` for scratch and
+    for bare weights that record none (those are only checked against the configured encoder).
 
     Configs default ``preset`` and ``tubelet`` to these, so ``--pretrained PATH`` alone builds a matching encoder.
     """
-    return dict(_meta(pretrained).get("architecture") or {})
+    meta = _meta(pretrained)
+    return dict(meta.get("architecture") or {}) if meta.get("architecture_recorded") else {}
 
 
 ENCODER_OPTIONS = ("mlp_ratio", "qkv_bias", "cls_token", "norm_eps")  # size comes from the preset

@@ -172,6 +172,9 @@ def load_encoder_state(
             raise UnreadableFileError(f"no encoder weights recognised in the checkpoint (keys: {some} ...)", path)
     meta.setdefault("source_format", meta.get("format", fmt))
     meta["format"] = fmt
+    # "architecture_recorded": the checkpoint states its encoder (the pretraining bundle's meta) or its layout
+    # fixes one (MAE, MONAI); weights alone only let the loader check shapes
+    meta["architecture_recorded"] = bool(meta.get("architecture")) or fmt != FORMAT_ULTRAMAE
     if fmt == FORMAT_ULTRAMAE:
         meta["architecture"] = {**_infer_architecture(state), **dict(meta.get("architecture") or {})}
     else:
