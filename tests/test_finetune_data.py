@@ -203,7 +203,21 @@ def test_fill_outlines_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_truncated_image_is_named_before_training(tmp_path: Path) -> None:
     for i in range(3):
         _png(tmp_path / "a" / f"a ({i}).png", (64, 48), value=i * 40)
+        _png(tmp_path / "b" / f"b ({i}).png", (64, 48), value=i * 40)
     good = (tmp_path / "a" / "a (0).png").read_bytes()
     (tmp_path / "a" / "a (9).png").write_bytes(good[: len(good) // 2])
     with pytest.raises(UnreadableFileError, match=r"a \(9\)\.png: corrupt or truncated image"):
         classification_items(tmp_path)
+
+
+def test_wrapper_folders_are_descended_and_one_class_is_refused(tmp_path: Path) -> None:
+    for cls in ("benign", "normal"):
+        for i in range(3):
+            _png(tmp_path / "Dataset_BUSI_with_GT" / cls / f"{cls} ({i}).png")
+    assert detect_layout(tmp_path) == "classification"
+    items, names = classification_items(tmp_path)
+    assert names == ["benign", "normal"] and len(items) == 6
+    single = _png(tmp_path / "single" / "benign" / "a.png").parent.parent
+    (single / "notes.png").write_bytes((tmp_path / "single" / "benign" / "a.png").read_bytes())  # stops descent
+    with pytest.raises(InvalidInputError, match=r"single: one class folder \(benign\)"):
+        classification_items(single)

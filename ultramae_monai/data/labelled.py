@@ -76,10 +76,17 @@ def _is_mask_name(p: Path) -> bool:
 
 
 def _existing_dir(path: str | PathLike) -> Path:
+    """The dataset folder, descending through wrapper folders (``Dataset_BUSI_with_GT/benign/...``): a folder
+    holding exactly one sub-folder and no data file stands for that sub-folder."""
     root = Path(path)
     if not root.is_dir():
         raise UnreadableFileError("dataset folder not found", root)
-    return root
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        dirs = [p for p in entries if p.is_dir()]
+        if len(dirs) != 1 or any(_is_data_file(p) for p in entries) or _find_datalist(root) is not None:
+            return root
+        root = dirs[0]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -111,6 +118,7 @@ def detect_layout(dataset_dir: str | PathLike) -> str:
         raise UnreadableFileError("dataset folder not found", root)
     if _find_datalist(root) is not None:
         return "json"
+    root = _existing_dir(root)
     subdirs = {p.name.lower() for p in root.iterdir() if p.is_dir()}
     if subdirs & set(MASK_DIRS) or any(_is_mask_name(p) for p in root.iterdir() if _is_data_file(p)):
         return SEGMENTATION
@@ -137,6 +145,8 @@ def classification_items(
     folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     if not folders:
         raise InvalidInputError("no class folders (expected one sub-folder of images per class)", root)
+    if len(folders) < 2 and not class_names:
+        raise InvalidInputError(f"one class folder ({', '.join(folders)}): classification needs two or more", root)
     names = _check_classes(list(folders), class_names, folders)
     items: list[dict[str, Any]] = []
     for name, folder in folders.items():
