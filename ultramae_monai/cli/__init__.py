@@ -29,6 +29,8 @@ VERBS: list[str] = [
     "curate",
     "curate_merge",
     "demo",
+    "deploy",
+    "label",
 ]
 
 

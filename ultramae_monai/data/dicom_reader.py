@@ -19,8 +19,12 @@ import pydicom
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+try:
+    from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+except ImportError:  # pydicom 2.x (the MONAI Label environment, scripts/venv_label.sh): whole-dataset decoding
+    from ultramae_monai.data.dicom_pydicom2 import apply_color_lut, convert_color_space, get_decoder
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
 from ultramae_monai.data.frame_selection import frames_of_file
