@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ __all__ = ["SAMPLES_DIR", "FileResult", "curate_file"]
 
 SAMPLES_DIR = "samples"
 STAGES = ("read", "fov", "resize", "dedup", "confmap", "write")
+# quoted text in a third-party warning is usually a header value ("Invalid value for VR UI: '...'"): redacted
+_QUOTED = re.compile(r"'[^'\n]{3,}'|\"[^\"\n]{3,}\"")
 
 
 @dataclass
@@ -318,6 +321,6 @@ def curate_file(
             for p in (rec.path, rec.confidence, rec.fov_mask):
                 if p:
                     (Path(out) / p).unlink(missing_ok=True)
-    result.messages = [scrub(m, job.path, root)[:300] for m in dict.fromkeys(messages)]
+    result.messages = [_QUOTED.sub("'<value>'", scrub(m, job.path, root))[:300] for m in dict.fromkeys(messages)]
     result.seconds = curator.timer.seconds
     return result
