@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import torch
 
 from ultramae_monai.curation.clip_plan import plan_cine
 from ultramae_monai.curation.dedup import DuplicateIndex, dhash
-from ultramae_monai.curation.deid import Hasher, scrub, source_identity
+from ultramae_monai.curation.deid import Hasher, redact_quoted, scrub, source_identity
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.quarantine import QuarantineEntry, quarantine_entry
 from ultramae_monai.curation.split import assign_split
@@ -37,8 +36,6 @@ __all__ = ["SAMPLES_DIR", "FileResult", "curate_file"]
 
 SAMPLES_DIR = "samples"
 STAGES = ("read", "fov", "resize", "dedup", "confmap", "write")
-# quoted text in a third-party warning is usually a header value ("Invalid value for VR UI: '...'"): redacted
-_QUOTED = re.compile(r"'[^'\n]{3,}'|\"[^\"\n]{3,}\"")
 
 
 @dataclass
@@ -321,6 +318,6 @@ def curate_file(
             for p in (rec.path, rec.confidence, rec.fov_mask):
                 if p:
                     (Path(out) / p).unlink(missing_ok=True)
-    result.messages = [_QUOTED.sub("'<value>'", scrub(m, job.path, root))[:300] for m in dict.fromkeys(messages)]
+    result.messages = [redact_quoted(scrub(m, job.path, root))[:300] for m in dict.fromkeys(messages)]
     result.seconds = curator.timer.seconds
     return result
