@@ -2,6 +2,7 @@
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
 from ultramae_monai.transforms.drop_meta import DropMetad
+from ultramae_monai.transforms.fill_outline import FillOutlined
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
 from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
@@ -15,6 +16,7 @@ from ultramae_monai.transforms.scan_region import (
 __all__ = [
     "REGIONS_META_KEY",
     "DropMetad",
+    "FillOutlined",
     "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
