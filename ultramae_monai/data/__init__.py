@@ -15,7 +15,7 @@ from ultramae_monai.data.dicom_reader import UltrasoundDicomReader, read_dicom
 from ultramae_monai.data.image_reader import UltrasoundImageReader, read_image
 from ultramae_monai.data.load import SUPPORTED_SUFFIXES, UltrasoundReader, load_ultrasound, source_type
 from ultramae_monai.data.manifest import ManifestRecord, read_manifest, write_manifest
-from ultramae_monai.data.manifest_dataset import ManifestDataset, random_resized_box
+from ultramae_monai.data.manifest_dataset import ManifestDataset
 from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, UltrasoundVideoReader, probe_video, read_video
 from ultramae_monai.data.volume_reader import UltrasoundVolumeReader, read_volume
 
@@ -39,7 +39,6 @@ __all__ = [
     "load_ultrasound",
     "make_metatensor",
     "probe_video",
-    "random_resized_box",
     "read_dicom",
     "read_image",
     "read_manifest",

@@ -2,6 +2,7 @@
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.random_resized_crop import RandResizedCrop, RandResizedCropd, random_resized_box
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
     ScanRegion,
@@ -12,6 +13,8 @@ from ultramae_monai.transforms.scan_region import (
 
 __all__ = [
     "REGIONS_META_KEY",
+    "RandResizedCrop",
+    "RandResizedCropd",
     "ScanRegion",
     "ScanRegiond",
     "UltrasoundConfidenceMap",
@@ -19,6 +22,7 @@ __all__ = [
     "apply_fov",
     "detect_fov_mask",
     "fov_box",
+    "random_resized_box",
     "regions_from_meta",
     "regions_mask",
 ]
