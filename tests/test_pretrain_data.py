@@ -10,9 +10,9 @@ import torch
 from monai.transforms import Compose, RandFlipd, ScaleIntensityRanged
 
 from ultramae_monai.data import KindBatchSampler, ManifestDataset
-from ultramae_monai.transforms import RandResizedCropd, random_resized_box
 from ultramae_monai.data.manifest import ManifestRecord, write_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
+from ultramae_monai.transforms import RandResizedCropd, random_resized_box
 
 
 def make_manifest(
