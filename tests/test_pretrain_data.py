@@ -232,3 +232,22 @@ def test_a_stride_the_cached_clip_cannot_serve_names_the_record(tmp_path: Path) 
     with pytest.raises(InvalidInputError, match=r"c\.npy.*'clip7' caches 8 frames, fewer than the 15"):
         ManifestDataset(dataset_dir=tmp_path, num_frames=8, frame_stride=2)
     assert len(ManifestDataset(dataset_dir=tmp_path, num_frames=8, frame_stride=1)) == 1
+
+
+def test_rand_resized_crop_is_the_same_on_memory_maps_tensors_and_clips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 255, (1, 3, 40, 50), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", clip)
+    mapped = np.load(tmp_path / "c.npy", mmap_mode="r")
+    t = RandResizedCropd(["image", "mask"], 16, mode=["bilinear", "nearest"])
+    a = t.set_random_state(5)({"image": mapped, "mask": mapped[:1, 0] > 100})
+    b = t.set_random_state(5)({"image": torch.from_numpy(clip), "mask": torch.from_numpy(clip[:1, 0] > 100)})
+    assert a["image"].shape == (1, 3, 16, 16) and a["image"].dtype == torch.float32
+    assert a["mask"].shape == (1, 16, 16) and a["mask"].dtype == torch.bool
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["mask"], b["mask"])
+    box = t.cropper.box
+    r0, c0, h, w = box
+    window = torch.from_numpy(clip[..., r0 : r0 + h, c0 : c0 + w]).float().reshape(1, 3, h, w)
+    expected = torch.nn.functional.interpolate(window, size=(16, 16), mode="bilinear", antialias=True)
+    torch.testing.assert_close(a["image"], expected.reshape(1, 3, 16, 16))  # every frame cropped by the same box
