@@ -15,6 +15,7 @@ from types import TracebackType
 
 __all__ = [
     "ConvergenceError",
+    "IncompatibleCheckpointError",
     "InvalidInputError",
     "NotUltrasoundError",
     "UltraMAEError",
@@ -42,6 +43,10 @@ class UnsupportedCodecError(UltraMAEError):
     """The file is valid but its compression needs a decoder that is not installed."""
 
 
+class NoScanRegionError(UltraMAEError, ValueError):
+    """An image in which no ultrasound scan region can be found (random noise, a photograph, a blank frame)."""
+
+
 class NotUltrasoundError(UltraMAEError, ValueError):
     """A DICOM object whose modality is not ultrasound (pass ``allow_any_modality=True`` to read it anyway)."""
 
@@ -52,6 +57,10 @@ class InvalidInputError(UltraMAEError, ValueError):
 
 class ConvergenceError(UltraMAEError, RuntimeError):
     """An iterative solver hit its iteration cap before reaching the requested tolerance."""
+
+
+class IncompatibleCheckpointError(UltraMAEError, ValueError):
+    """A checkpoint whose weights do not fit the network (another architecture, or nothing matching)."""
 
 
 def find_ultramae_error(err: BaseException | None) -> UltraMAEError | None:

@@ -19,6 +19,18 @@ from ultramae_monai.engines.distributed import (
     world_size,
     wrap_ddp,
 )
+from ultramae_monai.engines.finetune import (
+    class_weights,
+    default_checkpoint,
+    encoder_options,
+    init_encoder,
+    intensity_of,
+    load_network_weights,
+    prepare_data,
+    pretrained_architecture,
+    read_settings,
+    write_settings,
+)
 from ultramae_monai.engines.handlers import (
     FAULT_KILL_ENV,
     KindSamplerHandler,
@@ -27,6 +39,7 @@ from ultramae_monai.engines.handlers import (
     ReconstructionPreview,
     StopAtStep,
 )
+from ultramae_monai.engines.layer_decay import layer_decay_param_groups
 from ultramae_monai.engines.mae_step import (
     DistributedMaskedLoss,
     MAEEvalIteration,
@@ -66,18 +79,28 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "capture_rng_state",
+    "class_weights",
     "cleanup_distributed",
+    "default_checkpoint",
     "device_confidence",
     "distributed_device",
+    "encoder_options",
     "export_encoder",
     "init_distributed",
+    "init_encoder",
+    "intensity_of",
     "is_distributed",
     "is_main_process",
     "latest_checkpoint",
+    "layer_decay_param_groups",
+    "load_network_weights",
     "mask_noise",
     "param_groups",
+    "prepare_data",
     "pretrain_meta",
+    "pretrained_architecture",
     "rank",
+    "read_settings",
     "reconstruction_grid",
     "restore_rng_state",
     "save_grid_png",
@@ -87,4 +110,5 @@ __all__ = [
     "warmup_steps",
     "world_size",
     "wrap_ddp",
+    "write_settings",
 ]

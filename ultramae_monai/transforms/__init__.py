@@ -1,8 +1,10 @@
 """ultramae_monai.transforms."""
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
+from ultramae_monai.transforms.drop_meta import DropMetad
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
 from ultramae_monai.transforms.random_resized_crop import RandResizedCrop, RandResizedCropd, random_resized_box
+from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
     ScanRegion,
@@ -13,8 +15,10 @@ from ultramae_monai.transforms.scan_region import (
 
 __all__ = [
     "REGIONS_META_KEY",
+    "DropMetad",
     "RandResizedCrop",
     "RandResizedCropd",
+    "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
     "UltrasoundConfidenceMap",
@@ -25,4 +29,5 @@ __all__ = [
     "random_resized_box",
     "regions_from_meta",
     "regions_mask",
+    "restore_geometry",
 ]
