@@ -251,3 +251,11 @@ def test_rand_resized_crop_is_the_same_on_memory_maps_tensors_and_clips(tmp_path
     window = torch.from_numpy(clip[..., r0 : r0 + h, c0 : c0 + w]).float().reshape(1, 3, h, w)
     expected = torch.nn.functional.interpolate(window, size=(16, 16), mode="bilinear", antialias=True)
     torch.testing.assert_close(a["image"], expected.reshape(1, 3, 16, 16))  # every frame cropped by the same box
+
+
+def test_img_size_resizes_items_whole_for_evaluation(data_dir: Path) -> None:
+    a = ManifestDataset(dataset_dir=data_dir, num_frames=4, img_size=32)[0]
+    b = ManifestDataset(dataset_dir=data_dir, num_frames=4, transform=whole(32))[0]
+    assert a["image"].shape[-2:] == (32, 32) and 0 <= a["image"].min() and a["image"].max() <= 1
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["fov_mask"], b["fov_mask"])

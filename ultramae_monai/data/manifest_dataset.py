@@ -22,6 +22,7 @@ import torch
 from monai.transforms import Randomizable
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
+from ultramae_monai.data.crop_window import crop_resize
 from ultramae_monai.data.manifest import ManifestRecord, read_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
@@ -57,6 +58,8 @@ class ManifestDataset(torch.utils.data.Dataset):
             a record without one is an error.
         transform: MONAI dictionary transforms applied to each item (the bundle's crop, scaling, flip and
             normalisation); random transforms are seeded from the item's augmentation seed.
+        img_size: for evaluation without a crop transform: resize every item whole to this side and scale uint8
+            images to ``[0, 1]`` before ``transform`` (what the bundle's ``validate#preprocessing`` does).
         kinds: which record kinds to use; volumes are left out of 2D/clip pretraining.
         allow_empty: accept a split with no records (an optional validation set); otherwise that is an error.
     """
@@ -73,6 +76,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         kinds: Sequence[str] = (KIND_STILL, KIND_CINE),
         allow_empty: bool = False,
+        img_size: int | None = None,
     ) -> None:
         if manifest is None and dataset_dir is None:
             raise ValueError("give a manifest file or a dataset_dir holding manifest.jsonl")
@@ -85,6 +89,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.in_channels = in_channels
         self.load_confidence = load_confidence
         self.transform = transform
+        self.img_size = None if img_size is None else (int(img_size), int(img_size))
         if not self.manifest.is_file():
             raise UnreadableFileError(f"manifest not found: {self.manifest}")
         everything = read_manifest(self.manifest)
@@ -165,6 +170,18 @@ class ManifestDataset(torch.utils.data.Dataset):
             return np.broadcast_to(x, (3, *x.shape[1:]))
         raise InvalidInputError(f"cannot turn {c} channels into {self.in_channels}", self.root / path)
 
+    def _whole(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The item resized whole to ``img_size``, uint8 images scaled to [0, 1] (evaluation without a crop)."""
+        height, width = item["image"].shape[-2:]
+        box = (0, 0, int(height), int(width))
+        out = dict(item)
+        for key, mode in (("image", "bilinear"), ("confidence", "bilinear"), ("fov_mask", "nearest")):
+            if key in item:
+                out[key] = crop_resize(item[key], box, self.img_size, mode)
+        if item["image"].dtype == np.uint8:
+            out["image"] = out["image"] / 255.0
+        return out
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (key, None) if isinstance(key, int) else (int(key[0]), int(key[1]))
         rec = self.records[index]
@@ -190,6 +207,8 @@ class ManifestDataset(torch.utils.data.Dataset):
             conf = self._open(str(rec.confidence), img.ndim)[:1]
             conf = conf[:, frames] if is_clip else conf
             out["confidence"] = np.broadcast_to(conf, (self.in_channels, *conf.shape[1:]))
+        if self.img_size is not None:
+            out = self._whole(out)
         if self.transform is not None:
             if seed is not None and isinstance(self.transform, Randomizable):
                 self.transform.set_random_state(seed=seed)

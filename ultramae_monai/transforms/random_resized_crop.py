@@ -10,68 +10,18 @@ a few workers). ``scale=(1, 1), ratio=None`` takes the whole image (evaluation).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import ensure_tuple_rep
 
+from ultramae_monai.data.crop_window import crop_resize, random_resized_box
+
 __all__ = ["RandResizedCrop", "RandResizedCropd", "random_resized_box"]
-
-
-def _uniform(rng: Any, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
-
-
-def _integer(rng: Any, hi: int) -> int:
-    """An integer in ``[0, hi)`` from a NumPy ``Generator`` or ``RandomState``."""
-    return int(rng.integers(0, hi)) if hasattr(rng, "integers") else int(rng.randint(0, hi))
-
-
-def random_resized_box(
-    height: int,
-    width: int,
-    rng: Any,
-    scale: Sequence[float] = (0.4, 1.0),
-    ratio: Sequence[float] | None = (3 / 4, 4 / 3),
-) -> tuple[int, int, int, int]:
-    """``(row0, col0, rows, cols)`` of a random crop; the whole image when ``rng`` is None (evaluation).
-
-    ``ratio`` None keeps the image's own aspect ratio. After 10 failed draws the whole image is taken, as
-    torchvision does.
-    """
-    if rng is None:
-        return 0, 0, height, width
-    area = height * width
-    lo, hi = (width / height, width / height) if ratio is None else (ratio[0], ratio[1])
-    log_ratio = (math.log(lo), math.log(hi))
-    for _ in range(10):
-        target = area * _uniform(rng, scale[0], scale[1])
-        aspect = math.exp(_uniform(rng, *log_ratio))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return _integer(rng, height - h + 1), _integer(rng, width - w + 1), h, w
-    return 0, 0, height, width
-
-
-def _crop_resize(x: Any, box: tuple[int, int, int, int], size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Slice the box (lazily on a memory map), then resize the last two axes; float32, or bool for ``nearest``."""
-    r0, c0, h, w = box
-    window = x[..., r0 : r0 + h, c0 : c0 + w]
-    t = window if isinstance(window, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(window))
-    lead = t.shape[:-2]
-    flat = t.reshape(1, -1, h, w).float()
-    if mode == "nearest":
-        out = F.interpolate(flat, size=size, mode="nearest") > 0
-    else:
-        out = F.interpolate(flat, size=size, mode=mode, align_corners=False, antialias=True)
-    return out.reshape(*lead, *size)
 
 
 class RandResizedCrop(Randomizable, Transform):
@@ -104,7 +54,7 @@ class RandResizedCrop(Randomizable, Transform):
     def __call__(self, img: Any, randomize: bool = True) -> torch.Tensor:
         if randomize or self.box is None:
             self.randomize(img)
-        return _crop_resize(img, self.box, self.spatial_size, self.mode)
+        return crop_resize(img, self.box, self.spatial_size, self.mode)
 
 
 class RandResizedCropd(Randomizable, MapTransform):
