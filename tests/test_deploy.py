@@ -273,6 +273,11 @@ def test_map_app_folder_passes_the_packagers_checks(monkeypatch) -> None:
     assert Path(args.config).resolve() == app_dir / "app.yaml"
     assert [Path(a).resolve() for a in args.additional_libs] == [REPO / "ultramae_monai"]
     assert Path(args.models).resolve() == REPO / "bundles" / "ultramae_segmentation"
+    from holoscan_cli.common.enum_types import Platform
+
+    assert args.platform == [Platform.x86_64]
+    image = packager.PlatformParameters(Platform.x86_64, args.tag, "0.1.0").tag
+    assert f"monai-deploy run {image} " in (REPO / "docs" / "deploy.md").read_text()  # the image the docs run
 
 
 def test_segmentation_and_classification_bundles_together(seg_bundle: Path, cls_bundle: Path, tmp_path: Path) -> None:
