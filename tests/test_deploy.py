@@ -185,7 +185,7 @@ def test_corrupt_instance_is_skipped_and_named(seg_bundle: Path, tmp_path: Path,
     assert [Path(i["file"]).name for i in result["instances"]] == ["good.dcm"]
 
 
-@pytest.mark.parametrize("case", ["empty", "not_us", "no_weights"])
+@pytest.mark.parametrize("case", ["empty", "not_us", "no_weights", "not_a_bundle"])
 def test_bad_input_fails_cleanly_with_nothing_published(case: str, seg_bundle: Path, tmp_path: Path, capsys) -> None:
     src, out, bundle = tmp_path / "in", tmp_path / "out", seg_bundle
     src.mkdir()
@@ -196,10 +196,19 @@ def test_bad_input_fails_cleanly_with_nothing_published(case: str, seg_bundle: P
         shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
         bundle = tmp_path / "bundle"
         shutil.copytree(seg_bundle / "configs", bundle / "configs")
+    if case == "not_a_bundle":
+        shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
+        bundle = tmp_path / "models"
+        (bundle / "notes").mkdir(parents=True)
     code = deploy_cli.main(["-i", str(src), "-o", str(out), "-m", str(bundle), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == deploy_cli.EXIT_BAD_INPUT
-    expected = {"empty": "input folder is empty", "not_us": "no ultrasound image", "no_weights": "no weights"}[case]
+    expected = {
+        "empty": "input folder is empty",
+        "not_us": "no ultrasound image",
+        "no_weights": "no weights",
+        "not_a_bundle": "not a MONAI bundle",
+    }[case]
     assert err[-1].startswith("ultramae deploy: error: ") and expected in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (out / RESULT_FILE).exists() and not (out / STAGING_DIR).exists()
