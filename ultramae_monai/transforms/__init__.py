@@ -1,6 +1,7 @@
 """ultramae_monai.transforms."""
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
+from ultramae_monai.transforms.drop_meta import DropMetad
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
 from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
@@ -13,6 +14,7 @@ from ultramae_monai.transforms.scan_region import (
 
 __all__ = [
     "REGIONS_META_KEY",
+    "DropMetad",
     "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
