@@ -34,7 +34,6 @@ pytestmark = pytest.mark.deploy
 REPO = Path(__file__).resolve().parents[1]
 SEG_BUNDLE = REPO / "bundles" / "ultramae_segmentation"
 CLS_BUNDLE = REPO / "bundles" / "ultramae_classification"
-CLS_FALLBACK = REPO / "tests" / "fixtures" / "deploy" / "ultramae_classification"  # until the real one lands
 SMALL = {"preset": "micro", "img_size": 32}  # CPU-sized overrides, applied where the bundle has these ids
 
 
@@ -64,8 +63,7 @@ def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    source = CLS_BUNDLE if (CLS_BUNDLE / "configs" / "inference.json").is_file() else CLS_FALLBACK
-    return _random_bundle(source, tmp_path_factory.mktemp("bundles") / "ultramae_classification")
+    return _random_bundle(CLS_BUNDLE, tmp_path_factory.mktemp("bundles") / "ultramae_classification")
 
 
 @pytest.fixture(scope="module")
