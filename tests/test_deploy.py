@@ -316,3 +316,21 @@ def test_segmentation_and_classification_bundles_together(seg_bundle: Path, cls_
             and evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == inst["sop_instance_uid"]
         )
         assert sr.ContentSequence[0].TextValue == record["label"]
+
+
+def test_bundle_whose_output_does_not_fit_its_class_names_fails_the_run(
+    cls_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    """A bundle fault (here: argmax instead of scores) fails the run with one line; no instance is 'skipped'."""
+    bundle, src, out = tmp_path / "ultramae_classification", tmp_path / "in", tmp_path / "out"
+    shutil.copytree(cls_bundle, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"].append({"_target_": "AsDiscreted", "keys": "pred", "argmax": True})
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    src.mkdir()
+    shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
+    code = deploy_cli.main(["-i", str(src), "-o", str(out), "-m", str(bundle), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == deploy_cli.EXIT_BAD_INPUT
+    assert "class scores for 3 class_names" in err[-1] and str(bundle) in err[-1]
+    assert not (out / RESULT_FILE).exists() and not (out / STAGING_DIR).exists()

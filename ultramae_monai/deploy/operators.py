@@ -24,7 +24,7 @@ from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-from ultramae_monai.deploy.bundle import TASK_CLASSIFICATION, BundleRunner
+from ultramae_monai.deploy.bundle import TASK_CLASSIFICATION, BundleError, BundleRunner
 from ultramae_monai.deploy.dicom_input import SkippedFile, is_ultrasound_image, list_files, read_headers
 from ultramae_monai.deploy.report_writers import classification_record, write_overlays
 from ultramae_monai.deploy.results import InstanceResult, OutputStage, RunState
@@ -135,7 +135,15 @@ class UltrasoundBundleInferenceOperator(Operator):
                 )
             )
             return
-        results = [r for r in (self._run(ds) for ds in usable) if r is not None]
+        results = []
+        for ds in usable:
+            try:
+                result = self._run(ds)
+            except BundleError as e:  # the bundle, not the file: every instance would fail the same way
+                self.state.fail(e)
+                return
+            if result is not None:
+                results.append(result)
         if not results:
             self.state.fail(InvalidInputError("no ultrasound instance could be read", self.input_folder))
             return
@@ -157,6 +165,8 @@ class UltrasoundBundleInferenceOperator(Operator):
                     labels = runner.segment_names or _default_labels(preds)
                     result.segmentations[runner.name] = (labels, _stack(p.mask for p in preds))
             return result
+        except BundleError:
+            raise
         except UltraMAEError as e:
             skipped = SkippedFile(path, e.cause)
             _log.warning("skipped %s", skipped)
