@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pydicom
@@ -20,6 +21,7 @@ def test_read_headers_names_unreadable_files_and_keeps_the_rest(tmp_path: Path) 
     (tmp_path / "sub" / "good").write_bytes(good)  # no suffix, in a sub-folder: PACS exports
     (tmp_path / "header_cut.dcm").write_bytes(good[:200])
     (tmp_path / "notes.txt").write_text("not DICOM")
+    shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")  # a CD's index: neither used nor "skipped"
     datasets, skipped = read_headers(list_files(tmp_path))
     assert [Path(d.filename).name for d in datasets] == ["good"]
     assert sorted(Path(s.path).name for s in skipped) == ["header_cut.dcm", "notes.txt"]

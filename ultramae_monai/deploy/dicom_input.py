@@ -85,7 +85,8 @@ def read_headers(files: list[Path]) -> tuple[list[Dataset], list[SkippedFile]]:
             skipped.append(SkippedFile(str(path), f"not a readable DICOM file ({type(e).__name__}: {e})"))
             continue
         missing = [k for k in _IDS if not ds.get(k)]
-        if str(ds.get("SOPClassUID", "")) == _DICOMDIR:
+        media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+        if _DICOMDIR in (str(ds.get("SOPClassUID", "")), media_class):
             continue  # the index of a DICOM medium, not an instance
         if missing:
             skipped.append(SkippedFile(str(path), f"DICOM without {', '.join(missing)}"))
