@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from pydicom.data import get_testdata_file
 
 from ultramae_monai.deploy.dicom_input import is_ultrasound_image, list_files, read_headers, source_header
@@ -68,9 +67,7 @@ def test_stage_publishes_only_on_commit(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [STAGING_DIR]
     ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"), stop_before_pixels=True)
     state = RunState()
-    state.instances.append(
-        InstanceResult(path="a.dcm", header=ds, image=torch.zeros(1, 2, 2), outputs=["uid/b/seg.dcm"])
-    )
+    state.instances.append(InstanceResult(path="a.dcm", header=ds, outputs=["uid/b/seg.dcm"]))
     result = stage.commit(state)
     stage.discard()
     assert sorted(p.name for p in out.iterdir()) == [RESULT_FILE, "uid"]
