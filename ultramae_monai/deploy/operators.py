@@ -61,7 +61,7 @@ class UltrasoundDicomLoaderOperator(DICOMDataLoaderOperator):
         files = list_files(self.input_path)
         datasets, skipped = read_headers(files)
         for s in skipped:
-            _log.warning("skipped %s", s)
+            _log.info("skipped %s", s)
         self.state.skipped.extend(skipped)
         if not datasets:
             self.state.fail(InvalidInputError(f"no readable DICOM file among {len(files)} file(s)", self.input_path))
@@ -177,7 +177,7 @@ class UltrasoundBundleInferenceOperator(Operator):
             raise
         except UltraMAEError as e:
             skipped = SkippedFile(path, e.cause)
-            _log.warning("skipped %s", skipped)
+            _log.info("skipped %s", skipped)
             self.state.skipped.append(skipped)
             return None
 
