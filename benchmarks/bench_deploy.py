@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -96,6 +97,7 @@ def main() -> None:
         "per_still_s": min(per_still),
         "per_cine_frame_s": min(per_frame),
         "app_run_s": app_s,
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     print(json.dumps(rows, indent=2))
     if args.no_write:
@@ -104,7 +106,9 @@ def main() -> None:
         "<!-- section: deploy -->\n"
         "### Deploy app (`benchmarks/bench_deploy.py`)\n\n"
         f"Segmentation bundle as shipped ({rows['bundle']}, random weights), device `{args.device}`: {machine}. "
-        f"Best of {args.repeats}; load + scan region + resize + network + postprocessing back to the source pixels.\n\n"
+        f"Best of {args.repeats}; load + scan region + resize + network + postprocessing back to the source pixels. "
+        f"1-minute load average at the end: {rows['load_average_1min_at_end']:.1f} (other jobs on the machine inflate "
+        "the seconds).\n\n"
         "| input | time |\n|---|---|\n"
         f"| per still (palette, 350x800) | {rows['per_still_s']:.2f} s |\n"
         f"| per cine frame (YBR JPEG, 30 frames 240x320) | {rows['per_cine_frame_s']:.2f} s |\n"
