@@ -71,7 +71,8 @@ def test_first_fine_tuning_starts_from_the_pretrained_encoder(tmp_path):
     torch.save({"encoder": encoder.state_dict(), "meta": {}}, tmp_path / "encoder.pt")
     t = task(tmp_path, str(tmp_path / "encoder.pt"))  # learning rate 0: the published encoder is the loaded one
     stats = t({"max_epochs": 1, "device": "cpu"}, ListDatastore(pairs(tmp_path)))
-    assert stats["start_weights"] == "pretrained encoder" and stats["epochs"] == 1 and stats["images"] == 2
+    assert stats["start_weights"] == f"pretrained encoder: {tmp_path / 'encoder.pt'}"
+    assert stats["epochs"] == 1 and stats["images"] == 2
     published = torch.load(t.model_file, weights_only=True)
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(published[f"encoder.{key}"], value, rtol=0, atol=0)

@@ -155,9 +155,10 @@ class UltraMAESegmentationTrain(BasicTrainTask):
         except SystemExit as e:  # the bundle's entry points exit with "error: <file>: <cause>" on bad input
             raise InvalidInputError(str(e.code).removeprefix("error: ")) from e
         source = self.start_weights(request)
+        encoder = parser[ids.pretrained] if ids.pretrained in parser else "none"
         if source is not None:
             network.load_state_dict(load_weights(source))
-        logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or 'the pretrained encoder'}")
+        logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or f'the encoder {encoder}'}")
         trainer.run()
         self.model_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.model_file.with_suffix(".tmp")
@@ -171,7 +172,7 @@ class UltraMAESegmentationTrain(BasicTrainTask):
             "iterations": int(trainer.state.iteration),
             "images": len(datalist),
             "loss": float(loss) if loss is not None else None,
-            "start_weights": str(source) if source else "pretrained encoder",
+            "start_weights": str(source) if source else f"pretrained encoder: {encoder}",
             "model_file": str(self.model_file),
             "start_ts": int(start),
         }
