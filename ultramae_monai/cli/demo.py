@@ -162,3 +162,28 @@ def demo(out: str = "demo_out", steps: int = 30, img_size: int = 64, seed: int =
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"pictures and summary.json in {out_dir.resolve()}")
     return summary
+
+
+NAME = "demo"
+SUMMARY = "The end-to-end demo on a sample ultrasound cine shipped with pydicom (no download)."
+EXAMPLE = "ultramae demo demo_out --steps 30 --img_size 64"
+
+
+def add_arguments(parser: Any) -> None:
+    from ultramae_monai.cli.arguments import add_option
+
+    parser.add_argument(
+        "out", nargs="?", default="demo_out", metavar="OUT", help="output folder (created; default: demo_out)"
+    )
+    add_option(parser, "steps", int, 30, "pretraining steps")
+    add_option(parser, "img_size", int, 64, "image side the demo pretrains at")
+    add_option(parser, "seed", int, 0, "random seed")
+
+
+def run(args: Any) -> int:
+    from ultramae_monai.cli.arguments import check_output_folder
+
+    check_output_folder(args.out)
+    summary = demo(args.out, steps=args.steps, img_size=args.img_size, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -60,7 +60,7 @@ def random_resized_box(
 
 
 class ManifestDataset(torch.utils.data.Dataset):
-    """Stills and clips of a curated manifest as ``{"image", "fov_mask", "kind"[, "confidence"]}`` dicts.
+    """Stills and clips of a curated manifest as ``{"image", "fov_mask", "kind"[, "confidence", "seed"]}`` dicts.
 
     Items are indexed by ``(index, aug_seed)`` (what :class:`KindBatchSampler` yields) or by a plain
     ``index`` (no augmentation: whole image, first clip). Images come out float32 in ``[0, 1]``,
@@ -71,8 +71,11 @@ class ManifestDataset(torch.utils.data.Dataset):
         dataset_dir: folder the manifest's relative paths start from (default: the manifest's folder).
         split: ``"train"``, ``"val"`` or None for all records.
         img_size: output side in pixels.
-        num_frames: frames per clip (shorter clips repeat their last frame).
-        frame_stride: take every ``frame_stride``-th cached frame of a clip.
+        num_frames: frames per clip.
+        frame_stride: take every ``frame_stride``-th cached frame of a clip. Curation already samples clips at
+            its ``fps``, so 1 reads them at that rate; a cached clip shorter than
+            ``(num_frames - 1) * frame_stride + 1`` frames is an error naming the record (never padded with
+            repeated frames, which would teach frozen motion).
         in_channels: 1 (RGB arrays are converted to BT.601 luma) or 3 (grey arrays are repeated).
         scale, ratio: random-resized-crop area fraction and aspect ratio range.
         load_confidence: also return the cached confidence map (needed by confidence-weighted targets);
@@ -113,13 +116,17 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.load_confidence = load_confidence
         self.transform = transform
-        records = read_manifest(self.manifest, split=split)
+        if not self.manifest.is_file():
+            raise UnreadableFileError(f"manifest not found: {self.manifest}")
+        everything = read_manifest(self.manifest)
+        records = [r for r in everything if split is None or r.split == split]
         self.records: list[ManifestRecord] = [r for r in records if r.kind in kinds]
         skipped = len(records) - len(self.records)
         if skipped:
             logger.info("%s: left out %d records whose kind is not in %s", self.manifest, skipped, list(kinds))
         if not self.records and not allow_empty:
-            raise InvalidInputError(f"no {'/'.join(kinds)} records in split {split!r}", self.manifest)
+            raise InvalidInputError(self._empty_split(everything, split, kinds))
+        self._check_clip_lengths()
         if load_confidence:
             missing = [r.path for r in self.records if not r.confidence]
             if missing:
@@ -128,6 +135,36 @@ class ManifestDataset(torch.utils.data.Dataset):
                     "curate with confidence maps or choose a target that needs none",
                     self.manifest,
                 )
+
+    @staticmethod
+    def _empty_split(records: list[ManifestRecord], split: str | None, kinds: Sequence[str]) -> str:
+        usable = [r for r in records if r.kind in kinds]
+        what = " or ".join(kinds)
+        if not usable:
+            return f"no {what} records in the manifest ({len(records)} records of other kinds)"
+        elsewhere = sorted({str(r.split) for r in usable})
+        return (
+            f"no {what} records in split {split!r} ({len(usable)} records, all in {' / '.join(map(repr, elsewhere))}): "
+            "lower val_fraction or add patients"
+        )
+
+    @property
+    def clip_span(self) -> int:
+        """Cached frames one clip reads: ``(num_frames - 1) * frame_stride + 1``."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+    def _check_clip_lengths(self) -> None:
+        """Refuse, before training, a stride that a cached clip cannot serve (from the manifest's shapes)."""
+        for r in self.records:
+            if r.kind == KIND_CINE and r.shape and len(r.shape) == 4 and r.shape[1] < self.clip_span:
+                raise InvalidInputError(self._short_clip(r, r.shape[1]), self.root / r.path)
+
+    def _short_clip(self, rec: ManifestRecord, frames: int) -> str:
+        return (
+            f"record {rec.id!r} caches {frames} frames, fewer than the {self.clip_span} that num_frames "
+            f"{self.num_frames} x frame_stride {self.frame_stride} read: lower frame_stride (curation already "
+            "sets the clip frame rate) or re-curate with a longer clip_length"
+        )
 
     @property
     def kinds(self) -> list[str]:
@@ -183,14 +220,17 @@ class ManifestDataset(torch.utils.data.Dataset):
         frames = None
         if is_clip:
             n = img.shape[1]
-            span = (self.num_frames - 1) * self.frame_stride + 1
-            start = int(rng.integers(0, max(n - span, 0) + 1)) if rng is not None else 0
+            if n < self.clip_span:
+                raise InvalidInputError(self._short_clip(rec, n), self.root / rec.path)
+            start = int(rng.integers(0, n - self.clip_span + 1)) if rng is not None else 0
             frames = frame_indices(n, start=start, stride=self.frame_stride, clip_length=self.num_frames)
         box = random_resized_box(height, width, rng, self.scale, self.ratio)
 
         image = self._resize(self._channels(self._window(img, frames, box), rec.path), "bilinear")
         image = image.div_(255.0) if img.dtype == np.uint8 else image
         out: dict[str, Any] = {"kind": rec.kind}
+        if seed is not None:
+            out["seed"] = seed  # the sample's own randomness (e.g. its mask), whatever batch or rank it lands in
         out["image"] = image.transpose(0, 1).contiguous() if is_clip else image[0]
         if rec.fov_mask:
             fov = self._resize(self._window(self._open(rec.fov_mask, 3), None, box), "nearest")[0] > 0
