@@ -42,7 +42,7 @@ class UltraMAECLI:
 
     def demo(self, out: str = "demo_out", **kwargs: Any) -> Any:
         """The end-to-end demo on sample ultrasound shipped with the dependencies (no download)."""
-        return _verb("demo", "demo")(out, **kwargs)
+        _verb("demo", "demo")(out, **kwargs)  # the summary is in OUT/summary.json
 
 
 def main(argv: list[str] | None = None) -> int:

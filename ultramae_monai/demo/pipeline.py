@@ -1,0 +1,315 @@
+"""The demo pipeline: curate -> confidence maps -> pretrain -> reconstruct -> fine-tune -> infer -> deploy.
+
+Every stage runs the project's own code path on real ultrasound installed with the project
+(:mod:`ultramae_monai.demo.samples`): ``ultramae curate``, the pretraining bundle's ``configs/train.json``
+(small overrides so it learns in about two minutes on two CPU cores), the segmentation bundle and the deploy
+app. Pictures of every stage, ``summary.json`` and an ``index.html`` linking them land in ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ultramae_monai.demo import figures
+from ultramae_monai.demo.progress import Progress
+from ultramae_monai.demo.recon_measure import reconstruction_score
+from ultramae_monai.demo.samples import hc18_cases, sample_dicoms
+from ultramae_monai.errors import UltraMAEError
+
+__all__ = ["DemoSettings", "bundle_dir", "run_demo"]
+
+SALT = "ultramae-demo-salt-not-secret"  # fixed, so the demo's curated ids are reproducible
+
+
+@dataclass
+class DemoSettings:
+    """Knobs of the demo; the defaults are the recipe documented in ``docs/demo.md``.
+
+    Pretraining: a ``micro`` UltraMAE (64-wide, 2 blocks; 1-block 64-wide decoder) on 64 px stills, 4 px
+    patches, 75 % masking, pixel target, batch 32, peak LR 2e-3 (AdamW, 5 % warm-up then cosine),
+    ``pretrain_steps`` optimiser steps.
+    """
+
+    pretrain_steps: int = 1000
+    img_size: int = 64
+    patch: int = 4
+    preset: str = "micro"
+    decoder_dim: int = 64
+    decoder_depth: int = 1
+    mask_ratio: float = 0.75
+    target: str = "pixel"
+    batch_size: int = 32
+    peak_lr: float = 2e-3
+    finetune_steps: int = 200
+    curate_max_side: int = 160  # long side of the curated images (confidence maps cost grows with it)
+    heldout_every: int = 6  # every 6th HC18 case is held out (8 of 48) for the scores and pictures
+    seed: int = 0
+    deploy: bool = True
+
+
+def bundle_dir(name: str) -> Path:
+    """The repository's ``bundles/<name>`` folder (the demo runs the bundles' own configs)."""
+    path = Path(__file__).resolve().parents[2] / "bundles" / name
+    if not (path / "configs").is_dir():
+        raise UltraMAEError(f"bundle {name!r} not found (the demo runs from a source checkout)", path)
+    return path
+
+
+def _split_cases(settings: DemoSettings) -> tuple[list, list]:
+    cases = hc18_cases()
+    held = [c for i, c in enumerate(cases) if i % settings.heldout_every == settings.heldout_every - 1]
+    train = [c for c in cases if c not in held]
+    return train, held
+
+
+def _assemble_archive(root: Path, train_cases: list, held_cases: list) -> dict[str, Any]:
+    """An archive as a site would hand it over: DICOMs and PNG exports in folders (copies of the samples)."""
+    archive, held = root / "archive", root / "heldout"
+    for folder in (archive / "dicom", archive / "hc18", held):
+        folder.mkdir(parents=True, exist_ok=True)
+    dicoms = sample_dicoms()
+    for i, (path, _) in enumerate(dicoms):
+        shutil.copy(path, archive / "dicom" / f"us_{i:02d}.dcm")
+    for c in train_cases:
+        shutil.copy(c.image, archive / "hc18" / c.image.name)
+    for c in held_cases:
+        shutil.copy(c.image, held / c.image.name)
+    return {
+        "dicoms": [f"{p.name}: {what}" for p, what in dicoms],
+        "hc18_train_images": len(train_cases),
+        "hc18_heldout_images": [c.name for c in held_cases],
+    }
+
+
+def _curate(src: Path, dst: Path, max_side: int) -> str:
+    from ultramae_monai.cli.curate import curate
+
+    report = curate(
+        str(src),
+        str(dst),
+        max_side=max_side,
+        clips_per_cine=0,
+        frames_per_cine=4,
+        val_fraction=0.0,
+        workers=1,
+        salt=SALT,
+        progress=False,
+    )
+    return str(report)
+
+
+def _confidence_figure(curated: Path, out: Path, n: int = 4) -> dict[str, Any]:
+    """Input | scan region | confidence map, for a few curated stills of different sources."""
+    from ultramae_monai.data.manifest import read_manifest
+
+    records = [r for r in read_manifest(curated / "manifest.jsonl") if r.kind == "still" and r.confidence]
+    by_type: dict[str, list] = {}
+    for r in records:  # one still per source file, two source files per type (DICOM, PNG export)
+        group = by_type.setdefault(r.source_type, [])
+        if len(group) < 2 and all(g.source != r.source for g in group):
+            group.append(r)
+    picked = [r for group in by_type.values() for r in group][:n]
+    rows, stats = [], []
+    for r in picked:
+        img = np.load(curated / r.path, mmap_mode="r")
+        grey = img.mean(axis=0) if img.ndim == 3 else img
+        grey = grey / max(float(grey.max()), 1e-6)
+        conf = np.asarray(np.load(curated / r.confidence, mmap_mode="r"), dtype=np.float32)
+        conf = conf[0] if conf.ndim == 3 else conf
+        fov = np.load(curated / r.fov_mask)[0] > 0 if r.fov_mask else np.ones(grey.shape, dtype=bool)
+        rows.append(
+            [figures.as_rgb(grey), figures.as_rgb(fov.astype(np.float32)), figures.as_rgb(conf, cmap="viridis")]
+        )
+        # confidence falls with depth: the mean of the top rows vs the bottom rows of the scan region
+        h = conf.shape[0]
+        stats.append(
+            {
+                "source": r.source_type,
+                "shape": list(grey.shape),
+                "top_quarter_mean": float(conf[: h // 4][fov[: h // 4]].mean()),
+                "bottom_quarter_mean": float(conf[3 * h // 4 :][fov[3 * h // 4 :]].mean()),
+            }
+        )
+    figures.grid(rows, out, titles=("input (curated)", "scan region", "confidence map"), height=180)
+    return {"examples": stats}
+
+
+def _train_stills(curated: Path) -> int:
+    from ultramae_monai.data.manifest import read_manifest
+
+    return sum(r.kind == "still" for r in read_manifest(curated / "manifest.jsonl", split="train"))
+
+
+def _epoch_manifest(curated: Path, batch_size: int, steps_per_epoch: int = 50) -> tuple[Path, int]:
+    """The training records repeated so one epoch is ~``steps_per_epoch`` steps; returns (path, records).
+
+    The trainer checkpoints at every epoch end; with 48 stills and a batch of 32 an epoch would be one step.
+    """
+    from ultramae_monai.data.manifest import read_manifest, write_manifest
+
+    records = [r for r in read_manifest(curated / "manifest.jsonl", split="train") if r.kind == "still"]
+    repeats = max(1, -(-steps_per_epoch * batch_size // len(records)))
+    path = curated / "manifest_epoch.jsonl"
+    write_manifest(records * repeats, path)
+    return path, len(records) * repeats
+
+
+def _heldout_tensors(curated_held: Path, img_size: int) -> dict[str, torch.Tensor]:
+    """The held-out stills as the pretraining data pipeline sees them (whole image, no augmentation)."""
+    from ultramae_monai.data import ManifestDataset
+
+    ds = ManifestDataset(dataset_dir=str(curated_held), split=None, img_size=img_size, num_frames=1)
+    items = [ds[i] for i in range(len(ds))]
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "fov_mask": torch.stack([it["fov_mask"] for it in items]),
+    }
+
+
+def _pretrain_parser(settings: DemoSettings, curated: Path, out: Path, steps_per_epoch: int) -> Any:
+    from monai.bundle import ConfigParser
+
+    root = bundle_dir("ultramae_pretrain")
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    warmup_steps = max(1, settings.pretrain_steps // 20)
+    parser.update(
+        {
+            "bundle_root": str(root),
+            "dataset_dir": str(curated),
+            "output_dir": str(out),
+            "seed": settings.seed,
+            "preset": settings.preset,
+            "target": settings.target,
+            "img_size": settings.img_size,
+            "tubelet": [1, settings.patch, settings.patch],
+            "num_frames": 1,
+            "mask_ratio_image": settings.mask_ratio,
+            "decoder_depth": settings.decoder_depth,
+            "decoder_dim": settings.decoder_dim,
+            "crop_scale": [0.5, 1.0],
+            "batch_size": settings.batch_size,
+            "clip_batch_size": 1,
+            "max_epochs": settings.pretrain_steps,  # at least one step per epoch
+            "max_steps": settings.pretrain_steps,
+            "warmup_epochs": warmup_steps / steps_per_epoch,
+            # the bundle scales base_lr by effective_batch / 256 (MAE's rule)
+            "base_lr": settings.peak_lr * 256 / settings.batch_size,
+            "num_workers": 0,
+            "log_every": max(settings.pretrain_steps // 10, 1),
+            "preview_every": 0,
+            "checkpoint_every": 0,
+            "keep_last": 1,
+            "resume": False,
+            "tensorboard": False,
+            "device": "cpu",
+        }
+    )
+    return parser
+
+
+def _reconstruction_figure(
+    model: torch.nn.Module, held: dict[str, torch.Tensor], path: Path, seed: int, rows_shown: int = 6
+) -> None:
+    """Rows of held-out images: input | masked input | reconstruction (visible patches pasted) | prediction."""
+    x, fov = held["image"], held["fov_mask"]
+    model.eval()
+    with torch.no_grad():
+        out = model(x, fov_mask=fov, generator=torch.Generator().manual_seed(seed))
+        rec = model.reconstruct(x, out)
+    vis = rec["visible"]
+    pasted = (vis * x + (1 - vis) * rec["pred"]).clamp(0, 1)
+    rows = [
+        [
+            figures.as_rgb(rec["masked"][i, 0] + (1 - vis[i, 0]) * 0.25),  # masked patches shown mid-grey-dark
+            figures.as_rgb(pasted[i, 0]),
+            figures.as_rgb(rec["pred"][i, 0].clamp(0, 1)),
+            figures.as_rgb(x[i, 0]),
+        ]
+        for i in range(min(x.shape[0], rows_shown))
+    ]
+    figures.grid(rows, path, titles=("masked input", "reconstruction", "prediction only", "target"), height=128)
+
+
+def _loss_figure(metrics: Path, path: Path) -> list[tuple[float, float]]:
+    points = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            if "train/loss" in rec:
+                points.append((float(rec["step"]), float(rec["train/loss"])))
+    figures.line_plot({"training loss (masked patches)": points}, path, "pretraining loss", log_y=True)
+    return points
+
+
+def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None) -> dict[str, Any]:
+    """Run every stage into ``out``; returns (and writes) the summary."""
+    from ultramae_monai.demo.report import write_index
+    from ultramae_monai.engines import seed_everything
+
+    settings = settings or DemoSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(total=7)
+    summary: dict[str, Any] = {"settings": asdict(settings)}
+    figs: dict[str, str] = {}
+    train_cases, held_cases = _split_cases(settings)
+
+    with progress.stage("curate", "sample DICOMs and HC18 images -> de-identified pretraining set"):
+        summary["data"] = _assemble_archive(out, train_cases, held_cases)
+        summary["curate"] = _curate(out / "archive", out / "curated", settings.curate_max_side)
+        summary["curate_heldout"] = _curate(out / "heldout", out / "curated_heldout", settings.curate_max_side)
+        progress.say(summary["curate"])
+
+    with progress.stage("confidence maps", "computed by curation (Karamalis et al. 2012), shown beside inputs"):
+        summary["confidence_maps"] = _confidence_figure(out / "curated", out / "1_confidence_maps.png")
+        figs["confidence maps beside their inputs"] = "1_confidence_maps.png"
+
+    with progress.stage("pretrain", f"UltraMAE {settings.preset}, {settings.pretrain_steps} steps, pretraining bundle"):
+        manifest, n_train = _epoch_manifest(out / "curated", settings.batch_size)
+        steps_per_epoch = max(n_train // settings.batch_size, 1)
+        parser = _pretrain_parser(settings, out / "curated", out / "pretrain", steps_per_epoch)
+        parser["manifest"] = str(manifest)
+        seed_everything(settings.seed)
+        model = parser.get_parsed_content("network")
+        held = _heldout_tensors(out / "curated_heldout", settings.img_size)
+        before = reconstruction_score(model, held["image"], held["fov_mask"])
+        progress.say(f"held-out reconstruction error / mean-of-visible baseline before training: {before.ratio:.3f}")
+        result = parser.get_parsed_content("trainer").run()
+        after = reconstruction_score(model, held["image"], held["fov_mask"])
+        progress.say(f"held-out reconstruction error / mean-of-visible baseline after training: {after.ratio:.3f}")
+        summary["pretrain"] = {
+            "train_stills": _train_stills(out / "curated"),
+            **{k: v for k, v in result.items() if isinstance(v, (int, float, str))},
+            "checkpoint": str(_latest_checkpoint(out / "pretrain")),
+        }
+        summary["reconstruction"] = {
+            "ratio": after.ratio,
+            "ratio_before_training": before.ratio,
+            "heldout": after.as_dict(),
+            "definition": "mean squared error on masked patches (held-out HC18 images, fixed mask seeds) divided by "
+            "that of predicting each masked patch as the mean of the image's visible patches",
+        }
+        _loss_figure(out / "pretrain" / "metrics.jsonl", out / "2_pretraining_loss.png")
+        figs["pretraining loss"] = "2_pretraining_loss.png"
+
+    with progress.stage("reconstruct", "held-out images: masked input / reconstruction / target"):
+        _reconstruction_figure(model, held, out / "3_reconstructions.png", settings.seed)
+        figs[f"reconstructions of held-out images (ratio {after.ratio:.2f})"] = "3_reconstructions.png"
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_index(out, summary, figs)
+    print(f"results: {(out / 'index.html').resolve()}")
+    return summary
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    ckpts = sorted((folder / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else None
