@@ -48,13 +48,13 @@ def factor_flops(shape: tuple[int, int], parts: int) -> tuple[float, int]:
     """Flops of the multifrontal factorisation (each front eliminates ``s`` of ``m`` unknowns: a scaled
     column and a symmetric rank-1 update of the lower trailing triangle per pivot) and its float32 bytes."""
     plan = cpu_plan(shape, parts)
-    m, lo = plan.m.astype(np.float64), (plan.m - plan.s).astype(np.float64)
+    m, lo = plan.fronts.m.astype(np.float64), (plan.fronts.m - plan.fronts.s).astype(np.float64)
 
     def upto(n: np.ndarray) -> np.ndarray:  # sum of k^2 + 2k over k < n
         return (n - 1) * n * (2 * n - 1) / 6 + n * (n - 1)
 
     # a pivot with k unknowns after it: k scalings and k (k + 1) / 2 multiply-adds; k runs over m-s .. m-1
-    return float((upto(m) - upto(lo)).sum()), int(plan.l_ptr[-1]) * 4
+    return float((upto(m) - upto(lo)).sum()), int(plan.fronts.l_ptr[-1]) * 4
 
 
 def peak_sgemm(threads: int, n: int = 2048) -> float:

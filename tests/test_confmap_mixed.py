@@ -129,16 +129,16 @@ def test_plan_splits_the_tree_into_independent_subtrees() -> None:
     assert plan.nsub >= 2
     tr = plan.sym.tree
     covered = np.zeros(len(tr.parent), dtype=int)
-    for a, z in zip(plan.first, plan.root, strict=True):
+    for a, z in zip(plan.sched.first, plan.sched.root, strict=True):
         covered[a : z + 1] += 1
-    covered[plan.upper] += 1
+    covered[plan.sched.upper] += 1
     assert (covered == 1).all()  # every node in exactly one subtree or above them
     # ring maps are increasing, so extend-add needs no sorting; runs tile each child's ring
     for c in range(len(tr.parent)):
-        blk = slice(plan.run_ptr[c], plan.run_ptr[c + 1])
-        if plan.run_ptr[c + 1] > plan.run_ptr[c]:
-            assert plan.run_a[blk][0] == 0 and plan.run_a[blk][-1] == plan.m[c] - plan.s[c]
-            assert (np.diff(plan.run_q[blk][:-1]) > 0).all()
+        blk = slice(plan.fronts.run_ptr[c], plan.fronts.run_ptr[c + 1])
+        if plan.fronts.run_ptr[c + 1] > plan.fronts.run_ptr[c]:
+            assert plan.fronts.run_a[blk][0] == 0 and plan.fronts.run_a[blk][-1] == plan.fronts.m[c] - plan.fronts.s[c]
+            assert (np.diff(plan.fronts.run_q[blk][:-1]) > 0).all()
 
 
 def test_pcg_reports_non_convergence() -> None:
@@ -229,12 +229,15 @@ def test_batched_bottom_gives_the_front_by_front_factor(signed: bool, threads: i
     try:
         numba.set_num_threads(threads)
         one = factorize_cpu(coef, shape, batch_bottom=False)
-        assert len(one.plan.bottom) == 0
+        assert len(one.plan.sched.bottom) == 0
         lone, xone = one.lbuf.copy(), solve_cpu(one, b[None])[0]
         batched = factorize_cpu(coef, shape)
         plan = batched.plan
-        kids_batched = [plan.batch_u[plan.kids[plan.kids_ptr[k] : plan.kids_ptr[k + 1]]] for k in plan.bottom]
-        assert len(plan.bottom) > 200 and sum(len(kb) > 0 for kb in kids_batched) > 50
+        kids_batched = [
+            plan.fronts.batch_u[plan.fronts.kids[plan.fronts.kids_ptr[k] : plan.fronts.kids_ptr[k + 1]]]
+            for k in plan.sched.bottom
+        ]
+        assert len(plan.sched.bottom) > 200 and sum(len(kb) > 0 for kb in kids_batched) > 50
         assert all((kb >= 0).all() for kb in kids_batched)  # batches only wait for batches
         np.testing.assert_allclose(batched.lbuf, lone, rtol=1e-5, atol=1e-6 * np.abs(lone).max())
         np.testing.assert_allclose(solve_cpu(batched, b[None])[0], xone, rtol=1e-5, atol=1e-6 * np.abs(xone).max())
@@ -248,7 +251,7 @@ def test_batched_bottom_reports_a_bad_pivot() -> None:
     good = factorize_cpu(csr_to_stencil(mat, shape)[None], shape)
     tr = good.plan.sym.tree
     k = int(np.searchsorted(tr.elim_ptr, np.flatnonzero(tr.elim == 0)[0], side="right") - 1)
-    assert good.plan.batch_u[k] >= 0  # grid node 0 is eliminated in a batch
+    assert good.plan.fronts.batch_u[k] >= 0  # grid node 0 is eliminated in a batch
     bad = mat.tolil()
     bad[0, 0] = -1.0
     coef = csr_to_stencil(bad.tocsr(), shape)[None]
@@ -283,22 +286,22 @@ def test_bottom_groups_cut_one_height_and_shape_per_chunk_and_cover_every_node()
 def test_small_ring_extend_add_matches_the_run_version() -> None:
     plan = cpu_plan((40, 37), 1, batch_bottom=False)
     rng = np.random.default_rng(1)
-    r = plan.m - plan.s
+    r = plan.fronts.m - plan.fronts.s
     checked = 0
-    for c in np.flatnonzero((plan.kq_off >= 0) & (r > 0) & (r < MAP_RING))[:50]:
+    for c in np.flatnonzero((plan.fronts.kq_off >= 0) & (r > 0) & (r < MAP_RING))[:50]:
         k = plan.sym.tree.parent[c]
-        mp, sp, rc = plan.m[k], plan.s[k], r[c]
+        mp, sp, rc = plan.fronts.m[k], plan.fronts.s[k], r[c]
         uc = rng.random(rc * rc).astype(np.float32)
-        ra = plan.run_a[plan.run_ptr[c] : plan.run_ptr[c + 1]]
-        rq = plan.run_q[plan.run_ptr[c] : plan.run_ptr[c + 1]]
-        pos = plan.kid_q[plan.kq_off[c] : plan.kq_off[c] + rc]
+        ra = plan.fronts.run_a[plan.fronts.run_ptr[c] : plan.fronts.run_ptr[c + 1]]
+        rq = plan.fronts.run_q[plan.fronts.run_ptr[c] : plan.fronts.run_ptr[c + 1]]
+        pos = plan.fronts.kid_q[plan.fronts.kq_off[c] : plan.fronts.kq_off[c] + rc]
         lower = np.tril(uc.reshape(rc, rc).T)
         packed = lower.T[np.triu(np.ones((rc, rc), dtype=bool))]  # column by column from the diagonal
         outs = []
         for variant in range(4):  # runs / entry by entry, full / packed update
             lp, up = np.zeros(mp * sp, dtype=np.float32), np.zeros(max((mp - sp) ** 2, 1), dtype=np.float32)
             src, pk = (packed, True) if variant >= 2 else (uc, False)
-            for lo, hi in ((0, plan.split[c]), (plan.split[c], rc)):
+            for lo, hi in ((0, plan.fronts.split[c]), (plan.fronts.split[c], rc)):
                 if variant % 2:
                     _extend_add_map(src, rc, pos, lo, hi, lp, mp, sp, up, pk)
                 else:

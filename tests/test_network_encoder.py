@@ -77,9 +77,13 @@ def test_activation_checkpointing_gives_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_bf16_autocast_runs():
+def test_bf16_autocast_keeps_the_residual_stream_in_fp32():
+    """As MAE / timm: the position code is added in float32, so the residual stream stays float32 under autocast."""
     enc = _encoder()
+    x = torch.randn(1, 1, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = enc.forward_features(torch.randn(1, 1, 32, 32))
-    assert out.dtype == torch.bfloat16
+        tokens, _ = enc.embed(x)
+        out = enc.forward_features(x)
+    assert tokens.dtype == torch.float32  # the patch projection ran in bf16, the sum with the code in fp32
     assert torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), enc.forward_features(x), atol=0.1, rtol=0.1)

@@ -8,6 +8,7 @@ from monai.networks.nets import MaskedAutoEncoderViT
 
 from ultramae_monai.errors import UnreadableFileError
 from ultramae_monai.networks import (
+    IMAGENET_INTENSITY,
     UltraMAEEncoder,
     load_mae_weights,
     load_monai_mae_weights,
@@ -92,6 +93,23 @@ def test_2d_mae_checkpoint_is_inflated_and_rgb_summed_to_grey():
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():  # a grey image is R = G = B: the grey encoder reproduces the RGB one
         torch.testing.assert_close(grey.forward_features(x), rgb.forward_features(x.expand(-1, 3, -1, -1)))
+
+
+def test_imagenet_mae_gives_identical_features_on_our_normalised_input():
+    """The source's ImageNet normalisation and ours (0.276 / 0.210) folded into the patch embedding: same features."""
+    rgb = _encoder(channels=3)
+    sd = mae_state_dict(rgb, (4, 4), as_2d=True)
+    grey = UltraMAEEncoder(in_channels=1, tubelet=(2, 8, 8), embed_dim=32, depth=2, num_heads=2).eval()
+    ours = {"mean": 0.276, "std": 0.210}
+    report = load_mae_weights(grey, sd, source_intensity=IMAGENET_INTENSITY, target_intensity=ours)
+    assert "folded" in " ".join(report.notes)
+    v = torch.rand(2, 1, 32, 32)  # a grey image in [0, 1]
+    mean, std = (torch.tensor(IMAGENET_INTENSITY[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        before = rgb.forward_features((v.expand(-1, 3, -1, -1) - mean) / std)  # as the source was trained
+        after = grey.forward_features((v - ours["mean"]) / ours["std"])  # as this package feeds it
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    assert "not stated" in " ".join(load_mae_weights(grey, sd).notes)  # without a convention the report says so
 
 
 def test_learned_position_table_is_kept_and_saved():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultramae_monai.losses import make_target, masked_mse, patchify, unpatchify
-from ultramae_monai.networks import UltraMAE
+from ultramae_monai.errors import InvalidInputError
+from ultramae_monai.networks import UltraMAE, make_target, masked_mse, patchify, unpatchify
 from ultramae_monai.networks.layout import patchify_input, to_frames, unpatchify_input
 
 SMALL = {
@@ -27,9 +27,9 @@ def _model(**kw) -> UltraMAE:
 @pytest.mark.parametrize(
     ("shape", "kind", "n", "masked"),
     [
-        ((2, 1, 32, 32), None, 16, 16 - round(0.1 * 16)),
-        ((2, 1, 4, 32, 32), None, 32, 2 * (16 - round(0.05 * 16))),  # tube masking over 2 slots
-        ((2, 1, 32, 32, 8), "volume", 64, 64 - round(0.1 * 64)),
+        ((2, 1, 32, 32), None, 16, 16 - 1),  # int(16 x 0.1) = 1 visible
+        ((2, 1, 4, 32, 32), None, 32, 2 * (16 - 1)),  # tube masking over 2 slots; at least one visible
+        ((2, 1, 32, 32, 8), "volume", 64, 64 - int(64 * 0.1)),
     ],
 )
 def test_outputs_for_stills_clips_volumes(shape, kind, n, masked):
@@ -148,15 +148,46 @@ def test_volume_kind_from_metatensor_metadata():
     assert type(out["pred"]) is torch.Tensor
 
 
-def test_confidence_computed_on_the_fly_when_not_given():
-    from ultramae_monai.confmap import confidence_map
+def test_confidence_is_an_input_not_solved_in_forward():
+    """The network never solves confidence maps: without them a CWUS model says where they come from."""
+    import ast
+    import pathlib
 
-    model = _model(target="cwus")
-    ramp = torch.linspace(0, 255, 32)[:, None].expand(32, 32)
-    x = torch.stack([ramp, ramp.flip(0)])[:, None]  # (2, 1, 32, 32)
-    out = model(x)
-    conf = model.compute_confidence(x, "still")
-    assert conf.shape == x.shape and 0 <= conf.min() and conf.max() <= 1.0 + 1e-6
-    torch.testing.assert_close(out["target"], patchify((x * conf)[:, :, None].expand(-1, -1, 2, -1, -1), (2, 8, 8)))
-    for i in range(2):  # the batched on-the-fly maps equal the single-image API's
-        torch.testing.assert_close(conf[i, 0], torch.as_tensor(confidence_map(x[i, 0])), atol=1e-6, rtol=0)
+    with pytest.raises(InvalidInputError, match="UltrasoundConfidenceMapd"):
+        _model(target="cwus")(torch.rand(2, 1, 32, 32))
+    package = pathlib.Path(__file__).resolve().parents[1] / "ultramae_monai" / "networks"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.startswith(("ultramae_monai.confmap", "ultramae_monai.losses")) for n in names), path
+
+
+def test_mixed_fans_keep_the_ratio_per_sample_and_padding_changes_nothing():
+    """A wide fan, a narrow one and an empty crop in one batch: each keeps its own share, none crashes."""
+    model = _model(mask_ratio_image=0.75).eval()
+    fov = torch.zeros(3, 1, 32, 32, dtype=torch.bool)
+    fov[0] = True  # 16 tokens
+    fov[1, :, :, 8:24] = True  # 8 tokens
+    x = torch.rand(3, 1, 32, 32)
+    out = model(x, fov_mask=fov, generator=torch.Generator().manual_seed(0))
+    n_fov = out["valid"].sum(1).tolist()
+    assert n_fov == [16, 8, 0]
+    assert out["mask"].sum(1).tolist() == [16 - 4, 8 - 2, 0]  # int(N_i x 0.25) visible each
+    assert torch.isfinite(out["loss"]) and torch.isfinite(out["pred"]).all()
+    # the narrow sample's latents equal a run of that sample alone on its real visible tokens
+    with torch.no_grad():
+        tokens, _ = model.encoder.embed(x)
+        ids = out["ids_keep"]
+        keep = ids[1][:2]
+        alone = model.encoder.forward_tokens(tokens[1:2, keep])
+        padded = model.encoder.forward_tokens(
+            tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1])),
+            key_mask=torch.arange(ids.shape[1])[None] < torch.tensor([[4], [2], [1]]),
+        )
+    torch.testing.assert_close(padded[1, :2], alone[0], atol=1e-5, rtol=1e-5)
+    model.train()
+    out = model(x, fov_mask=fov, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -26,7 +26,7 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultramae_pretrain"
 TINY = [
     "--preset", "micro", "--target", "pixel", "--img_size", "32", "--tubelet", "[2,8,8]", "--num_frames", "4",
     "--frame_stride", "1", "--decoder_depth", "1", "--decoder_dim", "32", "--batch_size", "4", "--clip_batch_size", "4",
-    "--base_lr", "0.05", "--warmup_epochs", "0.5", "--log_every", "3", "--preview_every", "0", "--seed", "7",
+    "--base_lr", "0.2", "--warmup_epochs", "0.5", "--intensity_mean", "0.5", "--intensity_std", "0.28", "--log_every", "3", "--preview_every", "0", "--seed", "7",
 ]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -112,7 +112,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_curve(
     killed = subprocess.run(cmd, cwd=BUNDLE, env={**ENV, FAULT_KILL_ENV: "6"}, capture_output=True, timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert _loss_steps(out) == [1, 2, 3, 4, 5, 6]
-    state = torch.load(out / "checkpoints" / "checkpoint_step00000004.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "checkpoint_step00000004.pt", weights_only=True)
     assert state["sampler"]["position"] == 4 and state["epoch"] == 0  # the resume point is mid-epoch
     assert not (out / "checkpoints" / "checkpoint_step00000006.pt").exists()
 
@@ -137,6 +137,6 @@ def test_torchrun_two_processes_gloo(data_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 ranks x 4" in proc.stdout + proc.stderr  # effective batch 8 = 2 ranks x 4
     assert sorted(_losses(out)) == [1, 2, 3, 4]  # rank 0 alone writes the log
-    state = torch.load(out / "checkpoints" / "checkpoint_step00000004.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "checkpoint_step00000004.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["generators"]["mask"], state["rng"][1]["generators"]["mask"])

@@ -148,3 +148,41 @@ def test_sampler_shards_global_batches_across_ranks() -> None:
         assert not {i for i, _ in b0} & {i for i, _ in b1}
     # the per-rank halves of a global batch are the single-process batch (same samples, same crops)
     assert [b0 + b1 for b0, b1 in zip(*ranks, strict=True)] == one
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train_config() -> dict:
+    import json
+
+    return json.loads((REPO / "bundles" / "ultramae_pretrain" / "configs" / "train.json").read_text())
+
+
+def test_default_config_clips_never_repeat_frames(tmp_path: Path) -> None:
+    """A clip cached by curation's default config, read by the bundle's default config: every frame distinct."""
+    from ultramae_monai.curation.options import load_options
+
+    clip_length = load_options(REPO / "configs" / "curation.yaml").clip_length
+    cfg = _train_config()
+    frames = np.stack([np.full((1, 16, 16), 10 * t, np.uint8) for t in range(clip_length)], 1)  # frame t = 10 t
+    np.save(tmp_path / "c.npy", frames)
+    rec = ManifestRecord(id="c", path="c.npy", kind="cine", shape=list(frames.shape))
+    write_manifest([rec], tmp_path / "manifest.jsonl")
+    ds = ManifestDataset(
+        dataset_dir=tmp_path, img_size=16, num_frames=cfg["num_frames"], frame_stride=cfg["frame_stride"]
+    )
+    for seed in range(10):
+        levels = (ds[(0, seed)]["image"][0].mean(dim=(1, 2)) * 255).round().tolist()
+        assert len(set(levels)) == cfg["num_frames"], levels  # no frame read twice
+
+
+def test_a_stride_the_cached_clip_cannot_serve_names_the_record(tmp_path: Path) -> None:
+    clip = np.zeros((1, 8, 16, 16), np.uint8)
+    np.save(tmp_path / "c.npy", clip)
+    write_manifest(
+        [ManifestRecord(id="clip7", path="c.npy", kind="cine", shape=[1, 8, 16, 16])], tmp_path / "manifest.jsonl"
+    )
+    with pytest.raises(InvalidInputError, match=r"c\.npy.*'clip7' caches 8 frames, fewer than the 15"):
+        ManifestDataset(dataset_dir=tmp_path, img_size=16, num_frames=8, frame_stride=2)
+    assert len(ManifestDataset(dataset_dir=tmp_path, img_size=16, num_frames=8, frame_stride=1)) == 1

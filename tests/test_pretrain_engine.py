@@ -55,7 +55,7 @@ def test_weight_decay_exclusions_and_lr_scaling() -> None:
 def test_warmup_then_cosine() -> None:
     f = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
     warm = [f(s) for s in range(10)]
-    assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert warm == pytest.approx([s / 10 for s in range(10)]) and warm[0] == 0.0  # from 0, as MAE
     tail = [f(s) for s in range(10, 111)]
     assert tail[0] == pytest.approx(1.0) and tail[-1] == pytest.approx(0.1) and tail[50] == pytest.approx(0.55)
     assert all(a >= b for a, b in itertools.pairwise(tail))
@@ -136,6 +136,13 @@ class _NaNAfter(nn.Module):
     def reconstruct(self, x: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.inner.reconstruct(x, out)
 
+    def architecture(self) -> dict[str, Any]:
+        return self.inner.architecture()
+
+    @property
+    def target(self) -> str:
+        return self.inner.target
+
 
 def _trainer(data: Path, out: Path, net: nn.Module, **kw: Any) -> PretrainTrainer:
     ds = ManifestDataset(dataset_dir=data, img_size=32, num_frames=4)
@@ -151,7 +158,7 @@ def test_nan_loss_stops_before_touching_the_weights(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3.*checkpoint_step00000002\.pt"):
         trainer.run()
     assert trainer.step == 2
-    saved = torch.load(tmp_path / "run/checkpoints/checkpoint_step00000002.pt", weights_only=False)["model"]
+    saved = torch.load(tmp_path / "run/checkpoints/checkpoint_step00000002.pt", weights_only=True)["network"]
     for k, v in net.state_dict().items():
         assert torch.equal(v, saved[k]), k  # the NaN step changed nothing
     assert all(p.grad is None for p in net.parameters())
@@ -164,3 +171,31 @@ def test_grad_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     result = trainer.run()
     assert result["step"] == trainer.steps_per_epoch and np.isfinite(result["loss"])
     assert trainer.scheduler.last_epoch == trainer.steps_per_epoch  # one schedule step per optimiser step
+
+
+def test_bundle_recipe_does_not_clip_gradients_by_default() -> None:
+    """MAE does not clip gradients; clipping stays available as ``--clip_grad``."""
+    import json
+
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "bundles/ultramae_pretrain/configs/train.json").read_text())
+    assert cfg["clip_grad"] is None
+
+
+def test_checkpoint_is_weights_only_with_network_and_meta(tmp_path: Path) -> None:
+    """Contract 1: ``network`` (UltraMAE state dict) + ``meta`` (format, architecture, intensity), weights_only."""
+    from ultramae_monai.networks import UltraMAEEncoder
+
+    data = make_manifest(tmp_path / "data", stills=12, clips=4)
+    net = _micro()
+    trainer = _trainer(data, tmp_path / "run", net, max_steps=2, intensity_mean=0.3, intensity_std=0.2)
+    trainer.run()
+    state = torch.load(trainer.checkpoints.latest(), weights_only=True)
+    meta = state["meta"]
+    assert meta["format"] == "ultramae-pretrain" and meta["version"] == 1 and meta["target"] == "pixel"
+    assert meta["intensity"] == {"mean": 0.3, "std": 0.2}
+    arch = dict(meta["architecture"])
+    assert arch.pop("preset") == "micro" and arch.pop("img_size") == [32, 32]
+    encoder = UltraMAEEncoder(**arch).eval()
+    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in state["network"].items() if k.startswith("encoder.")})
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(encoder.forward_features(x), net.encoder.eval().forward_features(x))

@@ -12,6 +12,7 @@ from os import PathLike
 
 __all__ = [
     "ConvergenceError",
+    "IncompatibleCheckpointError",
     "InvalidInputError",
     "NotUltrasoundError",
     "UltraMAEError",
@@ -47,3 +48,7 @@ class InvalidInputError(UltraMAEError, ValueError):
 
 class ConvergenceError(UltraMAEError, RuntimeError):
     """An iterative solver hit its iteration cap before reaching the requested tolerance."""
+
+
+class IncompatibleCheckpointError(UltraMAEError, ValueError):
+    """A checkpoint whose weights do not fit the network (another architecture, or nothing matching)."""

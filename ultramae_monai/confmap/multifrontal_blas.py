@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
@@ -35,7 +36,7 @@ from ultramae_monai.confmap.blas import gemm_nt, partial_cholesky, schur_lower, 
 from ultramae_monai.confmap.multifrontal_bottom import CHUNK, bottom_groups, eliminate_batch, packed_col
 from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
 
-__all__ = ["CpuFactor", "CpuPlan", "cpu_plan", "factorize_cpu", "solve_cpu"]
+__all__ = ["CpuFactor", "CpuPlan", "Fronts", "Schedule", "cpu_plan", "factorize_cpu", "solve_cpu"]
 
 SMALL_FRONT = 40  # fronts with m below this are eliminated by the compiled loop, not BLAS
 GTH_PANEL = 16  # pivot columns per panel of the blocked row-sum elimination (16-64 measured; 16 best)
@@ -44,59 +45,84 @@ MAP_RING = 40  # children with smaller rings are added entry by entry, larger on
 BATCH_M = 40  # fronts below this order at the bottom of the tree are eliminated in interleaved batches
 
 
-@dataclass(frozen=True, eq=False)
-class CpuPlan:
-    """Per-shape schedule: ``nsub`` subtrees (``first[t]..root[t]`` in post-order) and the ``upper`` nodes.
+class Fronts(NamedTuple):
+    """Per-node arrays the compiled kernels read, by name (a numba-typed named tuple).
 
-    A node's update block waits for its parent in slot ``sib`` (its index among its siblings) at its
-    depth relative to its subtree root: ``slot[d] + sib * slot_len[d]`` in a subtree arena of ``arena``
-    floats (a subtree root's block starts the arena); upper node ``upper[i]`` keeps its block at
-    ``upper_off[i]``. ``l_ptr`` offsets each node's ``m * s`` factor columns. A child's ring maps to its
-    parent's front in runs of consecutive positions (:func:`_runs`); its first ``split`` ring nodes are
-    the parent's pivots; ``kid_q[kq_off[c]:]`` lists those positions one by one. ``upper_pos[g]`` numbers
-    the grid nodes eliminated by upper nodes (-1 elsewhere). The batched bottom (:mod:`.multifrontal_bottom`):
-    nodes ``bottom`` in chunks ``chunk_ptr`` (task ``t``'s from ``task_chunk[t]``), packed updates at
-    ``batch_u[k]`` (-1: not batched) in a buffer of ``batch_u_len`` floats, scratch sizes ``batch_dims``.
-    Matrix entries: stencil entry ``asm_src`` (flat into ``(n, 9)``) goes to factor position ``asm_dst``
-    of its node.
+    Node ``k`` eliminates ``s[k]`` grid nodes (``elim[elim_ptr[k]:elim_ptr[k + 1]]``) and passes an update on
+    its ``m[k] - s[k]`` ring nodes (``ring[ring_ptr[k]:]``) to its parent; ``l_ptr`` offsets its ``m * s``
+    factor columns. Its children are ``kids[kids_ptr[k]:kids_ptr[k + 1]]``. A child's ring maps to its
+    parent's front in runs of consecutive positions (``run_ptr``/``run_a``/``run_q``, :func:`_runs`); its first
+    ``split`` ring nodes are the parent's pivots; ``kid_q[kq_off[c]:]`` lists those positions one by one.
+    Matrix entries: stencil entry ``asm_src`` (flat into ``(n, 9)``) goes to factor position ``asm_dst`` of
+    its node (entries ``asm_ptr[k]:asm_ptr[k + 1]``). ``batch_u[k]`` is where a node eliminated in the batched
+    bottom keeps its packed update (-1: not batched). ``upper_pos[g]`` numbers the grid nodes eliminated by
+    the nodes above the subtrees (-1 elsewhere).
     """
 
-    sym: Symbolic
     s: np.ndarray
     m: np.ndarray
-    depth: np.ndarray
-    sib: np.ndarray
+    l_ptr: np.ndarray
     kids_ptr: np.ndarray
     kids: np.ndarray
-    l_ptr: np.ndarray
-    first: np.ndarray
-    root: np.ndarray
-    task_of: np.ndarray
-    upper: np.ndarray
-    upper_off: np.ndarray
-    slot: np.ndarray
-    slot_len: np.ndarray
-    arena: int
-    upper_pos: np.ndarray
-    n_upper_nodes: int
     run_ptr: np.ndarray
     run_a: np.ndarray
     run_q: np.ndarray
     split: np.ndarray
+    kid_q: np.ndarray
+    kq_off: np.ndarray
+    asm_ptr: np.ndarray
+    asm_src: np.ndarray
+    asm_dst: np.ndarray
+    batch_u: np.ndarray
+    elim_ptr: np.ndarray
+    elim: np.ndarray
+    ring_ptr: np.ndarray
+    ring: np.ndarray
+    upper_pos: np.ndarray
+
+
+class Schedule(NamedTuple):
+    """Who eliminates what: ``nsub`` subtrees (``first[t]..root[t]`` in post-order, one task each) and the
+    ``upper`` nodes above them.
+
+    A node's update block waits for its parent in slot ``sib`` (its index among its siblings) at its depth
+    relative to its subtree root: ``slot[d] + sib * slot_len[d]`` in a subtree arena (a subtree root's
+    block starts the arena); upper node ``upper[i]`` keeps its block at ``upper_off[i]``; ``task_of`` maps a
+    subtree root to its task. The batched bottom (:mod:`.multifrontal_bottom`): nodes ``bottom`` in chunks
+    ``chunk_ptr`` (task ``t``'s from ``task_chunk[t]``), scratch sizes ``batch_dims`` (3 ints).
+    """
+
+    first: np.ndarray
+    root: np.ndarray
+    depth: np.ndarray
+    sib: np.ndarray
+    slot: np.ndarray
+    slot_len: np.ndarray
+    upper: np.ndarray
+    upper_off: np.ndarray
+    task_of: np.ndarray
     bottom: np.ndarray
     chunk_ptr: np.ndarray
     task_chunk: np.ndarray
-    batch_u: np.ndarray
+    batch_dims: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class CpuPlan:
+    """Per-shape plan: the symbolic analysis, the fronts' arrays, the schedule, and the buffer sizes
+    (``arena`` floats per subtree, ``batch_u_len`` floats of packed bottom updates, ``n_upper_nodes`` grid
+    nodes eliminated above the subtrees)."""
+
+    sym: Symbolic
+    fronts: Fronts
+    sched: Schedule
+    arena: int
+    n_upper_nodes: int
     batch_u_len: int
-    batch_dims: tuple[int, int, int]
-    asm_src: np.ndarray
-    asm_dst: np.ndarray
-    kid_q: np.ndarray
-    kq_off: np.ndarray
 
     @property
     def nsub(self) -> int:
-        return len(self.root)
+        return len(self.sched.root)
 
 
 @lru_cache(maxsize=16)
@@ -167,17 +193,23 @@ def cpu_plan(shape: tuple[int, int], parts: int = 1, leaf_area: int = LEAF_AREA,
     node_of = np.repeat(np.arange(nn), np.diff(tr.asm_ptr))
     asm_dst = (tr.asm_p + tr.asm_q * m[node_of]).astype(np.int32)
     asm_src = tr.asm_src.astype(np.int32)
-    return CpuPlan(
-        sym, s, m, depth, sib, kids_ptr, kids, l_ptr, first, root, task_of, upper, upper_off, slot, slot_len,
-        int(slot[-1]), upper_pos, len(upper_nodes), run_ptr, run_a, run_q, split, bottom, chunk_ptr, task_chunk,
-        batch_u, int(u_off[-1]), dims, asm_src, asm_dst, tr.kid_q, kq_off,
+    fronts = Fronts(
+        s=s, m=m, l_ptr=l_ptr, kids_ptr=kids_ptr, kids=kids, run_ptr=run_ptr, run_a=run_a, run_q=run_q, split=split,
+        kid_q=tr.kid_q, kq_off=kq_off, asm_ptr=tr.asm_ptr, asm_src=asm_src, asm_dst=asm_dst, batch_u=batch_u,
+        elim_ptr=tr.elim_ptr, elim=tr.elim, ring_ptr=tr.ring_ptr, ring=tr.ring, upper_pos=upper_pos,
     )  # fmt: skip
+    sched = Schedule(
+        first=first, root=root, depth=depth, sib=sib, slot=slot, slot_len=slot_len, upper=upper,
+        upper_off=upper_off, task_of=task_of, bottom=bottom, chunk_ptr=chunk_ptr, task_chunk=task_chunk,
+        batch_dims=np.array(dims, dtype=np.int64),
+    )  # fmt: skip
+    return CpuPlan(sym, fronts, sched, int(slot[-1]), len(upper_nodes), int(u_off[-1]))
 
 
 def _runs(
     kid_q: np.ndarray, kq_off: np.ndarray, r: np.ndarray, s: np.ndarray, parent: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Maximal runs of consecutive parent positions in each child's ring map (see :class:`CpuPlan`).
+    """Maximal runs of consecutive parent positions in each child's ring map (see :class:`Fronts`).
 
     Child ``c``'s block ``run_ptr[c]:run_ptr[c + 1]`` lists its runs' first ring index ``run_a`` and first
     parent position ``run_q``, then a closing entry ``run_a = r[c]``, so run ``i`` ends where ``i + 1`` starts.
@@ -497,89 +529,78 @@ def _eliminate(f, m, s, u, small, gth, z):
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _node(
-    k, vals, lf, u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_dst,
-    small, gth, z, ubuf, batch_u, kid_q, kq_off,
-):  # fmt: skip
+def _node(k, fr, vals, lf, u, uc0, uc1, small, gth, z, ubuf):
     """Assemble node ``k`` from its matrix entries and its (at most two) children's updates, then eliminate.
 
     Children's contributions to the pivot columns go in first; their trailing parts are added after the
     elimination has overwritten ``u`` with ``-L21 L21^T``, so update blocks are never zeroed.
     """
-    m, s = m_[k], s_[k]
-    _init_pivots(k, lf, m, s, vals, asm_ptr, asm_src, asm_dst)
+    m, s = fr.m[k], fr.s[k]
+    _init_pivots(k, lf, m, s, vals, fr.asm_ptr, fr.asm_src, fr.asm_dst)
     for phase in range(2):
         if phase == 1 and not _eliminate(lf, m, s, u, small, gth, z):
             return False
-        for i in range(kids_ptr[k], kids_ptr[k + 1]):
-            c = kids[i]
-            uc = uc0 if i == kids_ptr[k] else uc1
-            packed = batch_u[c] >= 0  # eliminated in a batch: packed update in ubuf
+        for i in range(fr.kids_ptr[k], fr.kids_ptr[k + 1]):
+            c = fr.kids[i]
+            uc = uc0 if i == fr.kids_ptr[k] else uc1
+            packed = fr.batch_u[c] >= 0  # eliminated in a batch: packed update in ubuf
             if packed:
-                uc = ubuf[batch_u[c] :]
-            rc = m_[c] - s_[c]
-            ra, rq = run_a[run_ptr[c] : run_ptr[c + 1]], run_q[run_ptr[c] : run_ptr[c + 1]]
-            lo, hi = (0, split[c]) if phase == 0 else (split[c], rc)
+                uc = ubuf[fr.batch_u[c] :]
+            rc = fr.m[c] - fr.s[c]
+            ra, rq = fr.run_a[fr.run_ptr[c] : fr.run_ptr[c + 1]], fr.run_q[fr.run_ptr[c] : fr.run_ptr[c + 1]]
+            lo, hi = (0, fr.split[c]) if phase == 0 else (fr.split[c], rc)
             if rc < MAP_RING:
-                _extend_add_map(uc, rc, kid_q[kq_off[c] : kq_off[c] + rc], lo, hi, lf, m, s, u, packed)
+                _extend_add_map(uc, rc, fr.kid_q[fr.kq_off[c] : fr.kq_off[c] + rc], lo, hi, lf, m, s, u, packed)
             else:
                 _extend_add(uc, rc, ra, rq, lo, hi, lf, m, s, u, packed)
     return True
 
 
 @nb.njit(cache=True, parallel=True)
-def _factor_all(
-    vals, arenas, uarenas, lbuf, first, root, slot, slot_len, depth, sib, s_, m_, kids_ptr, kids, run_ptr,
-    run_a, run_q, split, l_ptr, asm_ptr, asm_src, asm_dst, upper, upper_off, task_of, small, gth,
-    ubufs, bottom, chunk_ptr, task_chunk, batch_u, batch_dims, kid_q, kq_off,
-):  # fmt: skip
+def _factor_all(vals, arenas, uarenas, lbuf, fr, sc, small, gth, ubufs):
     batch = vals.shape[0]
-    nsub = len(root)
+    nsub = len(sc.root)
     ok = np.ones(batch * nsub + batch, dtype=np.bool_)
+    m_max = fr.m.max()
     for task in nb.prange(batch * nsub):
         b, t = task // nsub, task % nsub
         arena, lb, vb, ubuf = arenas[task], lbuf[b], vals[b], ubufs[b]
-        z = np.empty(2 * m_.max(), dtype=np.float32)  # row-sum scratch, one per task
+        z = np.empty(2 * m_max, dtype=np.float32)  # row-sum scratch, one per task
         good = True
-        fw = np.empty((batch_dims[0], CHUNK), dtype=np.float32)
-        uw = np.empty((batch_dims[1], CHUNK), dtype=np.float32)
-        zw = np.empty((batch_dims[2], CHUNK), dtype=np.float32)
+        fw = np.empty((sc.batch_dims[0], CHUNK), dtype=np.float32)
+        uw = np.empty((sc.batch_dims[1], CHUNK), dtype=np.float32)
+        zw = np.empty((sc.batch_dims[2], CHUNK), dtype=np.float32)
         vw = np.empty((3, CHUNK), dtype=np.float32)
-        for ch in range(task_chunk[t], task_chunk[t + 1]):
+        for ch in range(sc.task_chunk[t], sc.task_chunk[t + 1]):
             good &= eliminate_batch(
-                chunk_ptr[ch], chunk_ptr[ch + 1], bottom, s_, m_, vb, gth[b], asm_ptr, asm_src, asm_dst,
-                lb, l_ptr, ubuf, batch_u, kids_ptr, kids, split, kid_q, kq_off, fw, uw, zw, vw,
-            )  # fmt: skip
-        d0 = depth[root[t]]
-        for k in range(first[t], root[t] + 1):
-            if batch_u[k] >= 0:
+                sc.chunk_ptr[ch], sc.chunk_ptr[ch + 1], sc.bottom, fr, vb, gth[b], lb, ubuf, fw, uw, zw, vw
+            )
+        d0 = sc.depth[sc.root[t]]
+        for k in range(sc.first[t], sc.root[t] + 1):
+            if fr.batch_u[k] >= 0:
                 continue
-            d = depth[k] - d0
-            u = arena[slot[d] + (0 if k == root[t] else sib[k]) * slot_len[d] :]
-            uc0, uc1 = arena[slot[d + 1] :], arena[slot[d + 1] + slot_len[d + 1] :]
-            good &= _node(
-                k, vb, lb[l_ptr[k] :], u, uc0, uc1, s_, m_, kids_ptr, kids, run_ptr, run_a, run_q, split,
-                asm_ptr, asm_src, asm_dst, small, gth[b], z, ubuf, batch_u, kid_q, kq_off,
-            )  # fmt: skip
+            d = sc.depth[k] - d0
+            u = arena[sc.slot[d] + (0 if k == sc.root[t] else sc.sib[k]) * sc.slot_len[d] :]
+            uc0, uc1 = arena[sc.slot[d + 1] :], arena[sc.slot[d + 1] + sc.slot_len[d + 1] :]
+            good &= _node(k, fr, vb, lb[fr.l_ptr[k] :], u, uc0, uc1, small, gth[b], z, ubuf)
         ok[task] = good
     for b in nb.prange(batch):  # the few nodes above the subtrees, per batch item
         good = True
         ua = uarenas[b]
-        z = np.empty(2 * m_.max(), dtype=np.float32)
-        for i in range(len(upper)):
-            k = upper[i]
+        z = np.empty(2 * m_max, dtype=np.float32)
+        for i in range(len(sc.upper)):
+            k = sc.upper[i]
             kid_u = []
-            for c in kids[kids_ptr[k] : kids_ptr[k + 1]]:
-                if task_of[c] >= 0:
-                    kid_u.append(arenas[b * nsub + task_of[c]])
+            for c in fr.kids[fr.kids_ptr[k] : fr.kids_ptr[k + 1]]:
+                if sc.task_of[c] >= 0:
+                    kid_u.append(arenas[b * nsub + sc.task_of[c]])
                 else:
-                    kid_u.append(ua[upper_off[np.searchsorted(upper, c)] :])
+                    kid_u.append(ua[sc.upper_off[np.searchsorted(sc.upper, c)] :])
             while len(kid_u) < 2:
                 kid_u.append(ua[:0])
             good &= _node(
-                k, vals[b], lbuf[b, l_ptr[k] :], ua[upper_off[i] :], kid_u[0], kid_u[1], s_, m_, kids_ptr, kids,
-                run_ptr, run_a, run_q, split, asm_ptr, asm_src, asm_dst, small, gth[b], z, ubufs[b],
-                batch_u, kid_q, kq_off,
+                k, fr, vals[b], lbuf[b, fr.l_ptr[k] :], ua[sc.upper_off[i] :], kid_u[0], kid_u[1], small, gth[b], z,
+                ubufs[b],
             )  # fmt: skip
         ok[batch * nsub + b] = good
     return ok.all()
@@ -651,22 +672,15 @@ def factorize_cpu(
     batch = coef.shape[0]
     threads = nb.get_num_threads()
     plan = cpu_plan((int(shape[0]), int(shape[1])), max(1, -(-threads // batch)), leaf_area, batch_bottom)
-    tr = plan.sym.tree
     flat = np.ascontiguousarray(coef.reshape(batch, -1), dtype=np.float64)
     vals = _workspace(("vals",), flat.shape)
     gth = _entries(flat, vals, row_sums)
     arenas = _workspace(("arenas",), (batch * plan.nsub, max(plan.arena, 1)))
-    uarenas = _workspace(("uarenas",), (batch, max(int(plan.upper_off[-1]), 1)))
-    lbuf = _workspace(("lbuf",), (batch, int(plan.l_ptr[-1])))
+    uarenas = _workspace(("uarenas",), (batch, max(int(plan.sched.upper_off[-1]), 1)))
+    lbuf = _workspace(("lbuf",), (batch, int(plan.fronts.l_ptr[-1])))
     ubufs = _workspace(("ubufs",), (batch, max(plan.batch_u_len, 1)))
     with single_threaded_blas():
-        ok = _factor_all(
-            vals, arenas, uarenas, lbuf, plan.first, plan.root, plan.slot, plan.slot_len, plan.depth, plan.sib,
-            plan.s, plan.m, plan.kids_ptr, plan.kids, plan.run_ptr, plan.run_a, plan.run_q, plan.split,
-            plan.l_ptr, tr.asm_ptr, plan.asm_src, plan.asm_dst, plan.upper, plan.upper_off, plan.task_of,
-            small, gth, ubufs, plan.bottom, plan.chunk_ptr, plan.task_chunk, plan.batch_u, plan.batch_dims, plan.kid_q,
-            plan.kq_off,
-        )  # fmt: skip
+        ok = _factor_all(vals, arenas, uarenas, lbuf, plan.fronts, plan.sched, small, gth, ubufs)
     _WORKSPACE[("arenas",)] = arenas
     _WORKSPACE[("ubufs",)] = ubufs
     _WORKSPACE[("uarenas",)] = uarenas
@@ -678,7 +692,7 @@ def factorize_cpu(
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work, upper_pos, delta):
+def _forward_node(k, x, lb, fr, work, delta):
     """``x_e <- L11^-1 x_e``, ``x_ring -= L21 x_e``; ring updates of upper nodes go to ``delta``.
 
     Column-oriented substitution: pivot and ring values sit together in ``work``, so each column of
@@ -686,9 +700,10 @@ def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work,
     zero (children included, they came first) changes nothing and is skipped: the confidence map's
     right-hand side lives next to the source row, so the first solve's forward sweep skips most nodes.
     """
-    s, m = s_[k], m_[k]
-    off = l_ptr[k]
-    e0, r0 = elim_ptr[k], ring_ptr[k]
+    s, m = fr.s[k], fr.m[k]
+    off = fr.l_ptr[k]
+    e0, r0 = fr.elim_ptr[k], fr.ring_ptr[k]
+    elim, ring = fr.elim, fr.ring
     nonzero = False
     for i in range(s):
         v = x[elim[e0 + i]]
@@ -708,7 +723,7 @@ def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work,
         x[elim[e0 + i]] = work[i]
     for a in range(m - s):
         g = ring[r0 + a]
-        u = upper_pos[g]
+        u = fr.upper_pos[g]
         if u >= 0 and delta.shape[0] > 0:
             delta[u] += work[s + a]
         else:
@@ -716,11 +731,12 @@ def _forward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work,
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _backward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work):
+def _backward_node(k, x, lb, fr, work):
     """``x_e <- L11^-T (x_e - L21^T x_ring)``: one contiguous dot product per pivot, last pivot first."""
-    s, m = s_[k], m_[k]
-    off = l_ptr[k]
-    e0, r0 = elim_ptr[k], ring_ptr[k]
+    s, m = fr.s[k], fr.m[k]
+    off = fr.l_ptr[k]
+    e0, r0 = fr.elim_ptr[k], fr.ring_ptr[k]
+    elim, ring = fr.elim, fr.ring
     for a in range(m - s):
         work[s + a] = x[ring[r0 + a]]
     for j in range(s - 1, -1, -1):
@@ -735,8 +751,9 @@ def _backward_node(k, x, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work
 
 
 @nb.njit(cache=True, parallel=True)
-def _solve_all(x, lbuf, first, root, upper, s_, m_, l_ptr, elim_ptr, elim, ring_ptr, ring, upper_pos, n_upper, max_m):
+def _solve_all(x, lbuf, fr, sc, n_upper, max_m):
     batch = x.shape[0]
+    first, root, upper = sc.first, sc.root, sc.upper
     nsub = len(root)
     delta = np.zeros((batch * nsub, n_upper), dtype=np.float32)
     for task in nb.prange(batch * nsub):
@@ -744,37 +761,33 @@ def _solve_all(x, lbuf, first, root, upper, s_, m_, l_ptr, elim_ptr, elim, ring_
         work = np.empty(max_m, dtype=np.float32)
         xb, lb, dt = x[b], lbuf[b], delta[task]  # views made once: each one made per node costs refcounting
         for k in range(first[t], root[t] + 1):
-            _forward_node(k, xb, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work, upper_pos, dt)
+            _forward_node(k, xb, lb, fr, work, dt)
     empty = np.zeros(0, dtype=np.float32)
     for b in nb.prange(batch):
         work = np.empty(max_m, dtype=np.float32)
         xb = x[b]
         for i in range(len(upper)):
             k = upper[i]
-            for j in range(elim_ptr[k], elim_ptr[k + 1]):
-                g = elim[j]
-                u = upper_pos[g]
+            for j in range(fr.elim_ptr[k], fr.elim_ptr[k + 1]):
+                g = fr.elim[j]
+                u = fr.upper_pos[g]
                 for t in range(nsub):
                     xb[g] += delta[b * nsub + t, u]
         for i in range(len(upper)):
-            _forward_node(upper[i], xb, lbuf[b], l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work, upper_pos, empty)
+            _forward_node(upper[i], xb, lbuf[b], fr, work, empty)
         for i in range(len(upper) - 1, -1, -1):
-            _backward_node(upper[i], xb, lbuf[b], l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work)
+            _backward_node(upper[i], xb, lbuf[b], fr, work)
     for task in nb.prange(batch * nsub):
         b, t = task // nsub, task % nsub
         work = np.empty(max_m, dtype=np.float32)
         xb, lb = x[b], lbuf[b]
         for k in range(root[t], first[t] - 1, -1):
-            _backward_node(k, xb, lb, l_ptr, s_, m_, elim_ptr, elim, ring_ptr, ring, work)
+            _backward_node(k, xb, lb, fr, work)
 
 
 def solve_cpu(factor: CpuFactor, b: np.ndarray) -> np.ndarray:
     """float32 solve ``L L^T x = b`` for ``b`` ``(B, H * W)``; returns a new float32 array."""
     plan = factor.plan
-    tr = plan.sym.tree
     x = np.array(b, dtype=np.float32, order="C", copy=True)
-    _solve_all(
-        x, factor.lbuf, plan.first, plan.root, plan.upper, plan.s, plan.m, plan.l_ptr, tr.elim_ptr, tr.elim,
-        tr.ring_ptr, tr.ring, plan.upper_pos, plan.n_upper_nodes, int(plan.m.max()),
-    )  # fmt: skip
+    _solve_all(x, factor.lbuf, plan.fronts, plan.sched, plan.n_upper_nodes, int(plan.fronts.m.max()))
     return x

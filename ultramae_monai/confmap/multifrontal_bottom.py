@@ -85,19 +85,20 @@ def _add_child(uc, rc, pos, b_lo, b_hi, fw, uw, i, m, s):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def eliminate_batch(
-    lo, hi, nodes, s_all, m_all, vals, gth, asm_ptr, asm_src, asm_dst, lbuf, l_ptr, ubuf, u_at, kids_ptr,
-    kids, split, kid_q, kq_off, fw, uw, zw, vw,
-):  # fmt: skip
-    """Eliminate ``nodes[lo:hi]`` (one shape ``s_all``/``m_all``, at most ``CHUNK``) together; False on a bad pivot.
+def eliminate_batch(lo, hi, nodes, fr, vals, gth, lbuf, ubuf, fw, uw, zw, vw):
+    """Eliminate ``nodes[lo:hi]`` (one shape, at most ``CHUNK``) together; False on a bad pivot.
 
-    Children (all already done, packed updates at ``ubuf[u_at[c]:]``) are added as in the front-by-front
+    ``fr`` holds the fronts' arrays (:class:`ultramae_monai.confmap.multifrontal_blas.Fronts`).
+
+    Children (all already done, packed updates at ``ubuf[fr.batch_u[c]:]``) are added as in the front-by-front
     path: their parts in the pivot columns before the elimination, the rest after it. Factor columns go
-    to ``lbuf[l_ptr[k]:]``, updates to ``ubuf[u_at[k]:]`` (the lower triangle of the ``r x r`` update,
+    to ``lbuf[fr.l_ptr[k]:]``, updates to ``ubuf[fr.batch_u[k]:]`` (the lower triangle of the ``r x r`` update,
     packed column by column: entry ``(a, b)``, ``a >= b``, at ``b r - b (b + 1) / 2 + a``). ``fw``, ``uw``,
     ``zw``, ``vw``: interleaved scratch of at least ``(m * s, CHUNK)``, ``(r (r + 1) / 2, CHUNK)``, ``(s, CHUNK)``
     and ``(3, CHUNK)``.
     """
+    s_all, m_all, kids_ptr, kids, split, kid_q, kq_off = fr.s, fr.m, fr.kids_ptr, fr.kids, fr.split, fr.kid_q, fr.kq_off
+    asm_ptr, asm_src, asm_dst, l_ptr, u_at = fr.asm_ptr, fr.asm_src, fr.asm_dst, fr.l_ptr, fr.batch_u
     c = hi - lo
     s, m = s_all[nodes[lo]], m_all[nodes[lo]]
     r = m - s

@@ -13,9 +13,12 @@ from ultramae_monai.data.convention import (
 )
 from ultramae_monai.data.dicom_reader import UltrasoundDicomReader, read_dicom
 from ultramae_monai.data.image_reader import UltrasoundImageReader, read_image
+from ultramae_monai.data.labelled import detect_layout, inference_items
 from ultramae_monai.data.load import SUPPORTED_SUFFIXES, UltrasoundReader, load_ultrasound, source_type
 from ultramae_monai.data.manifest import ManifestRecord, read_manifest, write_manifest
 from ultramae_monai.data.manifest_dataset import ManifestDataset, random_resized_box
+from ultramae_monai.data.mask_writer import SaveMaskd, write_mask
+from ultramae_monai.data.splits import finetune_datalists, grouped_split, label_fraction_subset
 from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, UltrasoundVideoReader, probe_video, read_video
 from ultramae_monai.data.volume_reader import UltrasoundVolumeReader, read_volume
 
@@ -30,12 +33,18 @@ __all__ = [
     "ManifestDataset",
     "ManifestRecord",
     "MetaKeys",
+    "SaveMaskd",
     "UltrasoundDicomReader",
     "UltrasoundImageReader",
     "UltrasoundReader",
     "UltrasoundVideoReader",
     "UltrasoundVolumeReader",
+    "detect_layout",
+    "finetune_datalists",
+    "grouped_split",
+    "inference_items",
     "kind_of",
+    "label_fraction_subset",
     "load_ultrasound",
     "make_metatensor",
     "probe_video",
@@ -48,4 +57,5 @@ __all__ = [
     "source_type",
     "spatial_affine",
     "write_manifest",
+    "write_mask",
 ]

@@ -27,6 +27,8 @@ from monai.data import MetaTensor
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = [
+    "INTENSITY_MEAN",
+    "INTENSITY_STD",
     "KIND_CINE",
     "KIND_STILL",
     "KIND_VOLUME",
@@ -36,6 +38,12 @@ __all__ = [
     "make_metatensor",
     "spatial_affine",
 ]
+
+# Mean and standard deviation of curated ultrasound intensities in [0, 1], measured over a curated pool of
+# ../shared/data (HC18, BUSI, POCUS, RESECT) by scripts/intensity_stats.py: the input normalisation of every
+# bundle, stored in checkpoint metadata so fine-tuning and deployment normalise as pretraining did.
+INTENSITY_MEAN = 0.207
+INTENSITY_STD = 0.183
 
 KIND_STILL = "still"
 KIND_CINE = "cine"

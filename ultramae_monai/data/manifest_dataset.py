@@ -71,8 +71,11 @@ class ManifestDataset(torch.utils.data.Dataset):
         dataset_dir: folder the manifest's relative paths start from (default: the manifest's folder).
         split: ``"train"``, ``"val"`` or None for all records.
         img_size: output side in pixels.
-        num_frames: frames per clip (shorter clips repeat their last frame).
-        frame_stride: take every ``frame_stride``-th cached frame of a clip.
+        num_frames: frames per clip.
+        frame_stride: take every ``frame_stride``-th cached frame of a clip. Curation already samples clips at
+            its ``fps``, so 1 reads them at that rate; a cached clip shorter than
+            ``(num_frames - 1) * frame_stride + 1`` frames is an error naming the record (never padded with
+            repeated frames, which would teach frozen motion).
         in_channels: 1 (RGB arrays are converted to BT.601 luma) or 3 (grey arrays are repeated).
         scale, ratio: random-resized-crop area fraction and aspect ratio range.
         load_confidence: also return the cached confidence map (needed by confidence-weighted targets);
@@ -120,6 +123,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             logger.info("%s: left out %d records whose kind is not in %s", self.manifest, skipped, list(kinds))
         if not self.records and not allow_empty:
             raise InvalidInputError(f"no {'/'.join(kinds)} records in split {split!r}", self.manifest)
+        self._check_clip_lengths()
         if load_confidence:
             missing = [r.path for r in self.records if not r.confidence]
             if missing:
@@ -128,6 +132,24 @@ class ManifestDataset(torch.utils.data.Dataset):
                     "curate with confidence maps or choose a target that needs none",
                     self.manifest,
                 )
+
+    @property
+    def clip_span(self) -> int:
+        """Cached frames one clip reads: ``(num_frames - 1) * frame_stride + 1``."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+    def _check_clip_lengths(self) -> None:
+        """Refuse, before training, a stride that a cached clip cannot serve (from the manifest's shapes)."""
+        for r in self.records:
+            if r.kind == KIND_CINE and r.shape and len(r.shape) == 4 and r.shape[1] < self.clip_span:
+                raise InvalidInputError(self._short_clip(r, r.shape[1]), self.root / r.path)
+
+    def _short_clip(self, rec: ManifestRecord, frames: int) -> str:
+        return (
+            f"record {rec.id!r} caches {frames} frames, fewer than the {self.clip_span} that num_frames "
+            f"{self.num_frames} x frame_stride {self.frame_stride} read: lower frame_stride (curation already "
+            "sets the clip frame rate) or re-curate with a longer clip_length"
+        )
 
     @property
     def kinds(self) -> list[str]:
@@ -183,8 +205,9 @@ class ManifestDataset(torch.utils.data.Dataset):
         frames = None
         if is_clip:
             n = img.shape[1]
-            span = (self.num_frames - 1) * self.frame_stride + 1
-            start = int(rng.integers(0, max(n - span, 0) + 1)) if rng is not None else 0
+            if n < self.clip_span:
+                raise InvalidInputError(self._short_clip(rec, n), self.root / rec.path)
+            start = int(rng.integers(0, n - self.clip_span + 1)) if rng is not None else 0
             frames = frame_indices(n, start=start, stride=self.frame_stride, clip_length=self.num_frames)
         box = random_resized_box(height, width, rng, self.scale, self.ratio)
 

@@ -19,7 +19,9 @@ import torch
 
 from ultramae_monai.errors import UnreadableFileError
 
-__all__ = ["CheckpointManager", "atomic_save"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "atomic_save", "pretrain_meta"]
+
+CHECKPOINT_FORMAT = {"format": "ultramae-pretrain", "version": 1}
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,20 @@ def _replace_atomically(write: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pretrain_meta(network: Any, intensity_mean: float, intensity_std: float) -> dict[str, Any]:
+    """``meta`` of a pretraining checkpoint: format, the encoder's architecture, input intensity and target.
+
+    ``network`` is the :class:`~ultramae_monai.networks.UltraMAE` (unwrapped); the fine-tuning bundles rebuild the
+    encoder from ``architecture`` and normalise their inputs with ``intensity``.
+    """
+    return {
+        **CHECKPOINT_FORMAT,
+        "architecture": network.architecture(),
+        "intensity": {"mean": float(intensity_mean), "std": float(intensity_std)},
+        "target": network.target,
+    }
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -109,7 +125,7 @@ class CheckpointManager:
         if target is None:
             raise UnreadableFileError("no checkpoint to resume from", self.directory)
         try:
-            state = torch.load(target, map_location=map_location, weights_only=False)
+            state = torch.load(target, map_location=map_location, weights_only=True)
         except (OSError, RuntimeError, EOFError) as err:
             raise UnreadableFileError(f"cannot load checkpoint ({err})", target) from err
         self.best_metric = state.get("best_metric")

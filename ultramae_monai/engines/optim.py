@@ -52,7 +52,9 @@ def build_optimizer(
 
 
 class WarmupCosine:
-    """LR multiplier at optimiser step ``s``: linear from ~0 to 1 over ``warmup_steps``, then cosine to ``min_ratio``.
+    """LR multiplier at optimiser step ``s``: linear from 0 to 1 over ``warmup_steps``, then cosine to ``min_ratio``.
+
+    Step 0 runs at LR 0, as MAE's ``adjust_learning_rate`` (``lr * epoch / warmup_epochs`` from epoch 0).
 
     A class, not a lambda, so ``LambdaLR.state_dict`` pickles it and resume restores the same schedule.
     """
@@ -66,7 +68,7 @@ class WarmupCosine:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+            return step / self.warmup_steps
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -24,10 +24,20 @@ def seed_everything(seed: int) -> None:
 
 
 def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Global generator states plus the named ``generators``; a plain dict that ``torch.save`` can write."""
+    """Global generator states plus the named ``generators``, as tensors, lists and numbers only.
+
+    So a checkpoint holding it loads with ``torch.load(..., weights_only=True)`` (no pickled NumPy arrays).
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),  # (version, tuple of ints, gauss or None)
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
@@ -37,8 +47,12 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> d
 
 def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
     """Inverse of :func:`capture_rng_state` (CUDA states only when the device count matches)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    npy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

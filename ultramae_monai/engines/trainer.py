@@ -34,9 +34,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ultramae_monai.data.batch_sampler import KindBatchSampler
-from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
+from ultramae_monai.data.convention import INTENSITY_MEAN, INTENSITY_STD, KIND_CINE, KIND_STILL
 from ultramae_monai.data.manifest_dataset import ManifestDataset
-from ultramae_monai.engines.checkpoint import CheckpointManager
+from ultramae_monai.engines.checkpoint import CheckpointManager, pretrain_meta
 from ultramae_monai.engines.distributed import all_gather_objects, is_distributed, is_main_process, rank, world_size
 from ultramae_monai.engines.optim import build_scheduler
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
@@ -113,7 +113,7 @@ class PretrainTrainer:
         grad_accum: int = 1,
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
-        clip_grad: float | None = 1.0,
+        clip_grad: float | None = None,
         amp: str = "auto",
         device: str | torch.device | None = None,
         num_workers: int = 0,
@@ -130,6 +130,8 @@ class PretrainTrainer:
         tensorboard: bool = True,
         mlflow_tracking_uri: str | None = None,
         find_unused_parameters: bool = True,
+        intensity_mean: float = INTENSITY_MEAN,
+        intensity_std: float = INTENSITY_STD,
     ) -> None:
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
@@ -157,6 +159,7 @@ class PretrainTrainer:
         self.preview_every, self.preview_samples = int(preview_every), int(preview_samples)
         self.resume, self.val_dataset = resume, val_dataset
         self.tensorboard, self.mlflow_tracking_uri = tensorboard, mlflow_tracking_uri
+        self.intensity = (float(intensity_mean), float(intensity_std))
 
         self.steps_per_epoch = len(sampler) // self.grad_accum
         if self.steps_per_epoch < 1:
@@ -216,7 +219,8 @@ class PretrainTrainer:
         """Everything resume needs; RNG states of every rank (a collective call under DDP)."""
         rng_states = all_gather_objects(capture_rng_state({"mask": self.mask_generator}))
         return {
-            "model": self.module.state_dict(),
+            "network": self.module.state_dict(),
+            "meta": pretrain_meta(self.module, *self.intensity),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -228,7 +232,7 @@ class PretrainTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["model"])
+        self.module.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -8,6 +8,12 @@ Patch kernels are mapped so that the function the checkpoint computes on a still
 * a MONAI 3D kernel over ``(H, W, D)`` is permuted to the encoder's ``(D, H, W)`` order;
 * an RGB kernel loaded into a grey encoder is summed over colours (a grey image is R = G = B).
 
+Input intensity is part of a checkpoint's function: MAE / timm ImageNet weights expect each RGB channel
+normalised with :data:`IMAGENET_INTENSITY`, this package's encoders grey inputs in ``[0, 1]`` normalised with the
+bundle's ``intensity_mean`` / ``intensity_std``. :func:`load_mae_weights` states the convention in its report,
+and given both the source's and the target's (``source_intensity``, ``target_intensity``) folds the change into
+the patch embedding (kernel scaled, bias shifted), so features are identical on each side's normalised input.
+
 Position tables that equal the fixed 2D sin-cos (MAE, USF-MAE, MONAI ``sincos``) need nothing; other tables
 (learned) are installed as the encoder's spatial table. Every loader returns a :class:`LoadReport`; files are
 read with ``torch.load(..., weights_only=True)``.
@@ -28,7 +34,9 @@ from ultramae_monai.networks.pos_embed import sincos_2d
 from ultramae_monai.networks.tubelet_vit import UltraMAEEncoder
 
 __all__ = [
+    "IMAGENET_INTENSITY",
     "LoadReport",
+    "fold_intensity",
     "load_mae_weights",
     "load_monai_mae_weights",
     "mae_state_dict",
@@ -39,6 +47,10 @@ __all__ = [
 ]
 
 StateDict = Mapping[str, torch.Tensor]
+Intensity = Mapping[str, float | Sequence[float]]
+
+IMAGENET_INTENSITY: dict[str, tuple[float, ...]] = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+"""Per-channel input normalisation of MAE / timm ImageNet checkpoints (inputs in ``[0, 1]`` first)."""
 
 
 @dataclass
@@ -77,6 +89,33 @@ def read_state_dict(source: str | PathLike | StateDict) -> dict[str, torch.Tenso
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UnreadableFileError("checkpoint holds non-tensor entries where a state dict was expected", None)
     return {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in sd.items()}
+
+
+def _per_channel(values: float | Sequence[float], channels: int, what: str) -> torch.Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 1:
+        v = v.expand(channels)
+    if v.numel() != channels:
+        raise ValueError(f"{what} has {v.numel()} values for a kernel of {channels} input channels")
+    return v
+
+
+def fold_intensity(
+    weight: torch.Tensor, bias: torch.Tensor, source: Intensity, target: Intensity
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch kernel and bias that give on ``target``-normalised input what the originals gave on ``source``'s.
+
+    A pixel ``v`` in ``[0, 1]`` reaches channel ``c`` of the source as ``(v - m_c) / s_c``; the target feeds
+    ``x = (v - m'_c) / s'_c``, so ``(v - m_c) / s_c = x s'_c / s_c + (m'_c - m_c) / s_c``: the kernel of
+    channel ``c`` is scaled by ``s'_c / s_c`` and the bias gains ``sum W_c (m'_c - m_c) / s_c``. Exact.
+    """
+    c = weight.shape[1]
+    m, s = _per_channel(source["mean"], c, "source mean"), _per_channel(source["std"], c, "source std")
+    mt, st = _per_channel(target["mean"], c, "target mean"), _per_channel(target["std"], c, "target std")
+    w = weight.double()
+    shape = (1, c) + (1,) * (w.ndim - 2)
+    new_bias = bias.double() + (w * ((mt - m) / s).view(shape)).flatten(1).sum(1)
+    return (w * (st / s).view(shape)).to(weight.dtype), new_bias.to(bias.dtype)
 
 
 def _patch_kernel(weight: torch.Tensor, encoder: UltraMAEEncoder, layout: str, notes: list[str]) -> torch.Tensor:
@@ -134,16 +173,44 @@ def _load(encoder: UltraMAEEncoder, mapped: dict[str, torch.Tensor], report: Loa
 
 
 def load_mae_weights(
-    encoder: UltraMAEEncoder, source: str | PathLike | StateDict, grid_hw: Sequence[int] | None = None
+    encoder: UltraMAEEncoder,
+    source: str | PathLike | StateDict,
+    grid_hw: Sequence[int] | None = None,
+    source_intensity: Intensity | None = None,
+    target_intensity: Intensity | None = None,
 ) -> LoadReport:
     """Load an MAE / timm ViT checkpoint (public ImageNet MAE, USF-MAE) into the encoder.
 
     Encoder keys (``patch_embed.proj``, ``blocks.N.*``, ``norm``, ``cls_token``) map one to one; ``pos_embed`` is
     checked against the fixed sin-cos; decoder (``decoder_*``, ``mask_token``) and classifier keys are reported
     as unexpected. ``grid_hw`` is the checkpoint's token grid (default: square).
+
+    ``source_intensity`` (``{"mean", "std"}``, per channel or one value; :data:`IMAGENET_INTENSITY` for ImageNet
+    MAE) is the input normalisation the checkpoint was trained with; with ``target_intensity`` (this encoder's,
+    e.g. the bundle's ``intensity_mean`` / ``intensity_std``) it is folded into the patch embedding
+    (:func:`fold_intensity`). The report's notes state the convention either way.
     """
     sd = read_state_dict(source)
     report = LoadReport()
+    if source_intensity is not None and target_intensity is not None:
+        w, b = fold_intensity(
+            sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], source_intensity, target_intensity
+        )
+        sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"] = w, b
+        report.notes.append(
+            f"input normalisation folded into the patch embedding: source mean {source_intensity['mean']} std "
+            f"{source_intensity['std']} -> inputs normalised with mean {target_intensity['mean']} std "
+            f"{target_intensity['std']}"
+        )
+    elif source_intensity is not None:
+        report.notes.append(
+            f"feed inputs normalised as the source was: mean {source_intensity['mean']}, std {source_intensity['std']}"
+        )
+    else:
+        report.notes.append(
+            "source input normalisation not stated: ImageNet MAE expects IMAGENET_INTENSITY; pass source_intensity "
+            "and target_intensity to fold it into the patch embedding"
+        )
     mapped: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key == "patch_embed.proj.weight":

@@ -15,15 +15,16 @@ from monai.data import MetaTensor
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, KIND_VOLUME, MetaKeys
 from ultramae_monai.errors import InvalidInputError
-from ultramae_monai.losses.targets import patchify, unpatchify
 
 __all__ = [
     "as_plain_tensor",
     "from_frames",
+    "patchify",
     "patchify_input",
     "resolve_kind",
     "to_frames",
     "token_grid",
+    "unpatchify",
     "unpatchify_input",
 ]
 
@@ -83,6 +84,26 @@ def from_frames(y: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == KIND_VOLUME:
         return y.permute(0, 1, 3, 4, 2)
     return y
+
+
+def patchify(frames: torch.Tensor, tubelet: Sequence[int]) -> torch.Tensor:
+    """``(B, C, T, H, W) -> (B, N, t*p*p*C)`` in the encoder's token order (MAE's ``patchify``, with time)."""
+    kt, kh, kw = tubelet
+    if frames.ndim != 5 or any(s % k for s, k in zip(frames.shape[2:], tubelet, strict=True)):
+        raise InvalidInputError(f"frames of shape {tuple(frames.shape)} do not tile into {tuple(tubelet)} tubelets")
+    b, c, t, h, w = frames.shape
+    gt, gh, gw = t // kt, h // kh, w // kw
+    f = frames.reshape(b, c, gt, kt, gh, kh, gw, kw).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return f.reshape(b, gt * gh * gw, kt * kh * kw * c)
+
+
+def unpatchify(tokens: torch.Tensor, grid: Sequence[int], tubelet: Sequence[int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(B, N, t*p*p*C)`` on grid ``(T', H', W')`` -> ``(B, C, T, H, W)``."""
+    kt, kh, kw = tubelet
+    gt, gh, gw = grid
+    b = tokens.shape[0]
+    f = tokens.reshape(b, gt, gh, gw, kt, kh, kw, channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return f.reshape(b, channels, gt * kt, gh * kh, gw * kw)
 
 
 def patchify_input(x: torch.Tensor, kind: str, tubelet: Sequence[int]) -> torch.Tensor:

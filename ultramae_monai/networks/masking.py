@@ -1,12 +1,15 @@
 """Which tokens the encoder sees: per-sample random, tube, FOV-aware and confidence-weighted masking.
 
 Random masking keeps the ``K`` tokens with the smallest random key, as in MAE (He et al., CVPR 2022), so every
-sample keeps exactly ``K = round((1 - ratio) N)`` tokens and the batch stays dense. Two ultrasound-aware
-variants change the keys:
+sample keeps ``K = int(N (1 - ratio))`` tokens (MAE's ``len_keep``). Two ultrasound-aware variants change the
+keys:
 
 * **FOV-aware**: tokens outside the scan region (a fan or a rectangle, ``fov_mask``) get an infinite key and are
-  excluded from the reconstruction set, so they are neither seen nor predicted. ``K`` is then ``(1 - ratio)`` times
-  the *smallest* FOV token count of the batch (exact for every sample when the FOV is shared, the usual case).
+  excluded from the reconstruction set, so they are neither seen nor predicted. Each sample keeps
+  ``K_i = int(N_i (1 - ratio))`` of its own ``N_i`` FOV tokens, so the ratio holds per sample within one token
+  even when random crops give a wide fan and a narrow one in one batch. ``ids_keep`` is padded to the largest
+  ``K_i``; ``keep_valid`` marks the real entries, and the encoder masks the padding out of attention. A sample
+  with no FOV token (a crop of pure background) keeps one token for attention and reconstructs nothing.
 * **Confidence-weighted**: visible tokens are drawn without replacement with probability proportional to
   ``c ** gamma`` (``c`` = the token's mean ultrasound confidence), using exponential keys ``-log(u) / w``
   (Efraimidis & Spirakis, 2006). ``gamma > 0`` keeps confident tissue visible; ``gamma < 0`` hides it, so it
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from ultramae_monai.errors import InvalidInputError
 
-__all__ = ["MaskSample", "sample_mask", "token_confidence", "token_validity"]
+__all__ = ["MaskSample", "sample_mask", "token_confidence", "token_validity", "visible_count"]
 
 
 @dataclass
@@ -34,16 +37,19 @@ class MaskSample:
     """A batch of masks over ``N`` tokens.
 
     Attributes:
-        ids_keep: ``(B, K)`` visible token indices, fed to the encoder.
-        ids_restore: ``(B, N)`` permutation that puts ``[visible, others]`` back into grid order.
+        ids_keep: ``(B, K)`` visible token indices, fed to the encoder (``K`` = the largest per-sample count).
+        ids_restore: ``(B, N)`` permutation that puts ``[ids_keep, others]`` back into grid order.
         mask: ``(B, N)`` float, 1 = masked and reconstructed, 0 = visible or outside the FOV.
         valid: ``(B, N)`` bool, True = inside the FOV (all True without a FOV).
+        keep_valid: ``(B, K)`` bool, False on the padding of samples that keep fewer than ``K`` tokens; None when
+            every sample keeps ``K`` (no padding, no attention mask needed).
     """
 
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
     mask: torch.Tensor
     valid: torch.Tensor
+    keep_valid: torch.Tensor | None = None
 
 
 def token_validity(fov_mask: torch.Tensor, grid: tuple[int, int, int], threshold: float = 0.5) -> torch.Tensor:
@@ -76,11 +82,15 @@ def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Gene
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
+def visible_count(num_tokens: int, ratio: float) -> int:
+    """Tokens kept visible out of ``num_tokens``: ``int(num_tokens * (1 - ratio))`` as MAE's ``len_keep``, at least 1."""
+    return max(1, int(num_tokens * (1.0 - ratio)))
+
+
 def sample_mask(
     batch: int,
     grid: tuple[int, int, int],
     ratio: float,
-    *,
     device: torch.device | str = "cpu",
     valid: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
@@ -114,25 +124,24 @@ def sample_mask(
     keys = -torch.log(_uniform((batch, slots), device, generator).clamp_min(1e-12))  # Exp(1) keys
     if weights is not None:
         keys = keys / per_slot(weights.to(device), "mean").clamp_min(1e-6)
-    if slot_valid is not None:
-        counts = slot_valid.sum(dim=1)
-        if int(counts.min()) == 0:
-            raise InvalidInputError("a sample has no token inside its field of view (empty fov_mask?)")
-        keys = keys.masked_fill(~slot_valid, float("inf"))
-        num_valid = int(counts.min())
+    if slot_valid is None:
+        keep = visible_count(slots, ratio)
+        counts = torch.full((batch,), keep, device=device)
     else:
-        num_valid = slots
-    keep = max(1, round((1.0 - ratio) * num_valid))
-    if keep >= num_valid:
-        raise InvalidInputError(f"mask ratio {ratio} leaves nothing to reconstruct on {num_valid} tokens")
+        keys = keys.masked_fill(~slot_valid, float("inf"))
+        # each sample's own FOV sets its count; a sample with no FOV token keeps one (attention needs a key)
+        counts = (slot_valid.sum(dim=1).float() * (1.0 - ratio)).long().clamp_min(1)
+        keep = int(counts.max())
 
-    order = torch.argsort(keys, dim=1)  # (B, slots): visible first
+    order = torch.argsort(keys, dim=1)  # (B, slots): visible first, out-of-FOV last
+    slot_kept = torch.arange(keep, device=device)[None] < counts[:, None]  # (B, keep): False on padding
     if tube:
         offsets = torch.arange(t, device=device) * slots
         ids_keep = (order[:, :keep, None] + offsets).transpose(1, 2).reshape(batch, keep * t)
         ids_rest = (order[:, keep:, None] + offsets).transpose(1, 2).reshape(batch, (slots - keep) * t)
+        keep_valid = slot_kept[:, None, :].expand(-1, t, -1).reshape(batch, keep * t)
     else:
-        ids_keep, ids_rest = order[:, :keep], order[:, keep:]
+        ids_keep, ids_rest, keep_valid = order[:, :keep], order[:, keep:], slot_kept
     ids_shuffle = torch.cat([ids_keep, ids_rest], dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
 
@@ -140,6 +149,12 @@ def sample_mask(
     if slot_valid is not None:
         full_valid = slot_valid.repeat(1, reps)
     mask = torch.ones(batch, n, device=device)
-    mask.scatter_(1, ids_keep, 0.0)
+    mask.scatter_(1, ids_keep, (~keep_valid).float())  # padding entries stay masked
     mask = mask * full_valid
-    return MaskSample(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask, valid=full_valid)
+    return MaskSample(
+        ids_keep=ids_keep,
+        ids_restore=ids_restore,
+        mask=mask,
+        valid=full_valid,
+        keep_valid=None if bool(keep_valid.all()) else keep_valid,
+    )

@@ -59,10 +59,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_mask``: optional ``(B, N)`` bool, False = a padding token no query attends to."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -91,8 +93,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -140,6 +142,17 @@ class UltraMAEEncoder(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.config = {
+            "in_channels": int(in_channels),
+            "tubelet": [int(k) for k in tubelet],
+            "embed_dim": int(embed_dim),
+            "depth": int(depth),
+            "num_heads": int(num_heads),
+            "mlp_ratio": float(mlp_ratio),
+            "qkv_bias": bool(qkv_bias),
+            "cls_token": bool(cls_token),
+            "norm_eps": float(norm_eps),
+        }  # what rebuilds this encoder (checkpoint metadata)
         self.in_channels = in_channels
         self.embed_dim = embed_dim
         self.depth = depth
@@ -181,22 +194,26 @@ class UltraMAEEncoder(nn.Module):
         kind = resolve_kind(x, kind)
         grid = token_grid(x.shape, kind, self.tubelet)
         tokens = self.patch_embed(as_plain_tensor(x), kind)
-        return tokens + self.pos_embed(grid, tokens.device).to(tokens.dtype), grid
+        # the residual stream starts in float32 even under autocast (as MAE / timm): position codes added in fp32
+        return tokens.float() + self.pos_embed(grid, tokens.device), grid
 
-    def forward_tokens(self, tokens: torch.Tensor, return_hidden: bool = False):
+    def forward_tokens(self, tokens: torch.Tensor, return_hidden: bool = False, key_mask: torch.Tensor | None = None):
         """Run the blocks on (already embedded, possibly masked) tokens; prepends the class token if any.
 
-        Returns the normed tokens, and with ``return_hidden`` also every block's (un-normed) output, which
-        is what UNETR-style decoders tap.
+        ``key_mask`` ``(B, K)`` bool marks the real tokens of a padded batch (False = padding, kept out of
+        every attention). Returns the normed tokens, and with ``return_hidden`` also every block's (un-normed)
+        output, which is what UNETR-style decoders tap.
         """
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+            if key_mask is not None:
+                key_mask = F.pad(key_mask, (1, 0), value=True)
         hidden = []
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(blk, tokens, use_reentrant=False)
+                tokens = checkpoint(blk, tokens, key_mask, use_reentrant=False)
             else:
-                tokens = blk(tokens)
+                tokens = blk(tokens, key_mask)
             if return_hidden:
                 hidden.append(tokens)
         out = self.norm(tokens)

@@ -1,7 +1,9 @@
 """ultramae_monai.transforms."""
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
+from ultramae_monai.transforms.drop_meta import DropMetad
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
     ScanRegion,
@@ -12,6 +14,8 @@ from ultramae_monai.transforms.scan_region import (
 
 __all__ = [
     "REGIONS_META_KEY",
+    "DropMetad",
+    "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
     "UltrasoundConfidenceMap",
@@ -21,4 +25,5 @@ __all__ = [
     "fov_box",
     "regions_from_meta",
     "regions_mask",
+    "restore_geometry",
 ]

@@ -1,0 +1,121 @@
+"""Write predicted masks next to nothing but the output folder: the mask in the input's format, plus an overlay.
+
+PNG/JPEG/BMP/TIFF input gives a PNG mask (label ``k`` stored as ``k * (255 // (K - 1))`` so a binary mask is
+0/255 and viewable); DICOM, NIfTI and other volume input gives a NIfTI mask carrying the pixel spacing. Every
+input also gets ``<name>_overlay.png``: the grey image with the foreground tinted red. Names keep the input's
+stem (spaces and parentheses included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from PIL import Image
+
+from ultramae_monai.data.convention import MetaKeys, spatial_affine
+
+__all__ = ["SaveMaskd", "overlay_rgb", "write_mask"]
+
+_PNG_INPUT = ("image",)
+_OVERLAY_RGB = np.array([255, 40, 40], dtype=np.float32)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nrrd", ".mha"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def overlay_rgb(grey: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """``(H, W)`` grey image (any range) and ``(H, W)`` labels -> ``(H, W, 3)`` uint8 with the foreground red."""
+    g = grey.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    g = (g - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(g)
+    rgb = np.repeat(g[..., None], 3, axis=-1)
+    fg = mask > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * _OVERLAY_RGB
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def write_mask(
+    mask: np.ndarray | torch.Tensor,
+    source: str | Path,
+    output_dir: str | Path,
+    num_classes: int = 2,
+    meta: Mapping[str, Any] | None = None,
+    image: np.ndarray | None = None,
+) -> dict[str, str]:
+    """Write ``(H, W)`` labels for the input file ``source``; returns the paths written (``mask``, ``overlay``)."""
+    src = Path(source)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.uint8)
+    labels = labels.reshape(labels.shape[-2:])
+    meta = dict(meta or {})
+    stem = _stem(src)
+    written: dict[str, str] = {}
+    if str(meta.get(MetaKeys.SOURCE, "image")) in _PNG_INPUT:
+        scale = 255 // max(num_classes - 1, 1)
+        path = out / f"{stem}_mask.png"
+        Image.fromarray((labels * scale).astype(np.uint8)).save(path)
+    else:
+        import nibabel as nib
+
+        spacing = [float(s) for s in meta.get(MetaKeys.SPACING, [1.0, 1.0])][-2:]
+        affine = spatial_affine(tuple(spacing)).numpy()
+        aff3 = np.eye(4)
+        aff3[:2, :2], aff3[:2, 3] = affine[:2, :2], affine[:2, 2]
+        path = out / f"{stem}_mask.nii.gz"
+        nib.save(nib.Nifti1Image(labels[..., None], aff3), str(path))
+    written["mask"] = str(path)
+    if image is not None:
+        grey = np.asarray(image, dtype=np.float32)
+        grey = grey.reshape(-1, *grey.shape[-2:]).mean(axis=0) if grey.ndim > 2 else grey
+        if grey.shape == labels.shape:
+            ov = out / f"{stem}_overlay.png"
+            Image.fromarray(overlay_rgb(grey, labels)).save(ov)
+            written["overlay"] = str(ov)
+    return written
+
+
+class SaveMaskd(MapTransform):
+    """Dictionary transform writing ``d[key]`` (``(1, H, W)`` labels on the input's grid) with an overlay.
+
+    The source file and its format come from ``d[ref_key].meta``; the overlay re-reads the source file's first
+    frame, so it shows the image as stored, not as normalised for the network.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        ref_key: str = "image",
+        num_classes: int = 2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.ref_key = ref_key
+        self.num_classes = num_classes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from ultramae_monai.data.load import load_ultrasound
+
+        d = dict(data)
+        meta = dict(getattr(d[self.ref_key], "meta", {}))
+        source = Path(str(meta.get("filename_or_obj", "prediction")))
+        image = None
+        if source.is_file():
+            raw = load_ultrasound(source, max_frames=1).numpy()
+            image = raw[:, 0] if raw.ndim == 4 and meta.get(MetaKeys.KIND) == "cine" else raw
+        for key in self.key_iterator(d):
+            d[f"{key}_files"] = write_mask(d[key], source, self.output_dir, self.num_classes, meta, image)
+        return d
