@@ -46,30 +46,39 @@ def overlay(
     return rgb.astype(np.uint8)
 
 
-def _fit(tile: np.ndarray, height: int) -> np.ndarray:
-    """Resize a ``(H, W, 3)`` tile to ``height`` rows (nearest, so patches stay crisp)."""
-    if tile.shape[0] == height:
-        return tile
-    width = max(1, round(tile.shape[1] * height / tile.shape[0]))
-    return np.asarray(Image.fromarray(tile).resize((width, height), Image.Resampling.NEAREST))
+def _fit(tile: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale a ``(H, W, 3)`` tile to fit a ``height x width`` cell (nearest, so patches stay crisp), centred."""
+    scale = min(height / tile.shape[0], width / tile.shape[1])
+    size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(tile).resize(size, Image.Resampling.NEAREST))
+    cell = np.full((height, width, 3), 255, np.uint8)
+    r0, c0 = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+    cell[r0 : r0 + small.shape[0], c0 : c0 + small.shape[1]] = small
+    return cell
 
 
-def grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, titles: Sequence[str] = (), height: int = 160) -> Path:
-    """Save a grid of RGB tiles (each row resized to ``height``) with column ``titles`` on top; returns ``path``."""
-    fitted = [[_fit(t, height) for t in row] for row in rows]
-    ncol = max(len(r) for r in fitted)
-    widths = [max(r[j].shape[1] for r in fitted if j < len(r)) for j in range(ncol)]
+def grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    titles: Sequence[str] = (),
+    height: int = 160,
+    max_aspect: float = 1.6,
+) -> Path:
+    """Save a grid of RGB tiles in equal cells (``height`` tall, as wide as the widest tile up to ``max_aspect``),
+    with column ``titles`` on top; returns ``path``."""
+    aspect = min(max(t.shape[1] / t.shape[0] for row in rows for t in row), max_aspect)
+    width = round(height * aspect)
+    ncol = max(len(r) for r in rows)
     top = _LABEL_H + _GAP if titles else 0
-    canvas = Image.new("RGB", (sum(widths) + _GAP * (ncol + 1), top + (height + _GAP) * len(fitted) + _GAP), _WHITE)
+    canvas = Image.new("RGB", ((width + _GAP) * ncol + _GAP, top + (height + _GAP) * len(rows) + _GAP), _WHITE)
     draw = ImageDraw.Draw(canvas)
-    x = _GAP
-    for j, w in enumerate(widths):
+    for j in range(ncol):
+        x = _GAP + j * (width + _GAP)
         if j < len(titles):
             draw.text((x, 2), titles[j], fill=(0, 0, 0))
-        for i, row in enumerate(fitted):
+        for i, row in enumerate(rows):
             if j < len(row):
-                canvas.paste(Image.fromarray(row[j]), (x, top + _GAP + i * (height + _GAP)))
-        x += w + _GAP
+                canvas.paste(Image.fromarray(_fit(row[j], height, width)), (x, top + _GAP + i * (height + _GAP)))
     path = Path(path)
     canvas.save(path)
     return path

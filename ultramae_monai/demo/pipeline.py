@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ultramae_monai.demo import figures
+from ultramae_monai.demo import segmentation as seg
 from ultramae_monai.demo.progress import Progress
 from ultramae_monai.demo.recon_measure import reconstruction_score
 from ultramae_monai.demo.samples import hc18_cases, sample_dicoms
@@ -98,6 +99,7 @@ def _curate(src: Path, dst: Path, max_side: int) -> str:
         clips_per_cine=0,
         frames_per_cine=4,
         val_fraction=0.0,
+        confidence=False,  # the pixel target needs none; stage 2 computes the maps it shows
         workers=1,
         salt=SALT,
         progress=False,
@@ -106,24 +108,30 @@ def _curate(src: Path, dst: Path, max_side: int) -> str:
 
 
 def _confidence_figure(curated: Path, out: Path, n: int = 4) -> dict[str, Any]:
-    """Input | scan region | confidence map, for a few curated stills of different sources."""
-    from ultramae_monai.data.manifest import read_manifest
+    """Input | scan region | confidence map (Karamalis et al. 2012) for curated stills of different sources.
 
-    records = [r for r in read_manifest(curated / "manifest.jsonl") if r.kind == "still" and r.confidence]
+    Maps come from :class:`~ultramae_monai.transforms.UltrasoundConfidenceMap` on the curated image inside its
+    scan region, as ``ultramae curate`` caches them for the confidence-weighted targets. The demo pretrains
+    on the pixel target, so it curates without maps and computes only the ones shown here.
+    """
+    from ultramae_monai.data.manifest import read_manifest
+    from ultramae_monai.transforms import UltrasoundConfidenceMap
+
+    records = [r for r in read_manifest(curated / "manifest.jsonl") if r.kind == "still"]
     by_type: dict[str, list] = {}
     for r in records:  # one still per source file, two source files per type (DICOM, PNG export)
         group = by_type.setdefault(r.source_type, [])
         if len(group) < 2 and all(g.source != r.source for g in group):
             group.append(r)
     picked = [r for group in by_type.values() for r in group][:n]
+    transform = UltrasoundConfidenceMap(alpha=2.0, beta=90.0, gamma=0.05)
     rows, stats = [], []
     for r in picked:
-        img = np.load(curated / r.path, mmap_mode="r")
-        grey = img.mean(axis=0) if img.ndim == 3 else img
-        grey = grey / max(float(grey.max()), 1e-6)
-        conf = np.asarray(np.load(curated / r.confidence, mmap_mode="r"), dtype=np.float32)
-        conf = conf[0] if conf.ndim == 3 else conf
+        img = np.asarray(np.load(curated / r.path), dtype=np.float32)
+        grey = img.mean(axis=0)
         fov = np.load(curated / r.fov_mask)[0] > 0 if r.fov_mask else np.ones(grey.shape, dtype=bool)
+        conf = transform(torch.from_numpy(grey[None]), fov_mask=torch.from_numpy(fov[None]))[0].numpy()
+        grey = grey / max(float(grey.max()), 1e-6)
         rows.append(
             [figures.as_rgb(grey), figures.as_rgb(fov.astype(np.float32)), figures.as_rgb(conf, cmap="viridis")]
         )
@@ -161,11 +169,13 @@ def _epoch_manifest(curated: Path, batch_size: int, steps_per_epoch: int = 50) -
     return path, len(records) * repeats
 
 
-def _heldout_tensors(curated_held: Path, img_size: int) -> dict[str, torch.Tensor]:
+def _heldout_tensors(curated_held: Path, img_size: int, normalize: Any) -> dict[str, torch.Tensor]:
     """The held-out stills as the pretraining data pipeline sees them (whole image, no augmentation)."""
     from ultramae_monai.data import ManifestDataset
 
-    ds = ManifestDataset(dataset_dir=str(curated_held), split=None, img_size=img_size, num_frames=1)
+    ds = ManifestDataset(
+        dataset_dir=str(curated_held), split=None, img_size=img_size, num_frames=1, transform=normalize
+    )
     items = [ds[i] for i in range(len(ds))]
     return {
         "image": torch.stack([it["image"] for it in items]),
@@ -224,7 +234,11 @@ def _reconstruction_figure(
     with torch.no_grad():
         out = model(x, fov_mask=fov, generator=torch.Generator().manual_seed(seed))
         rec = model.reconstruct(x, out)
+    mean, std = held["intensity"]  # back from the network's normalised intensities to [0, 1]
+    x = x * std + mean
+    rec = {"masked": rec["masked"] * std + mean, "pred": rec["pred"] * std + mean, "visible": rec["visible"]}
     vis = rec["visible"]
+    rec["masked"] = rec["masked"] * vis
     pasted = (vis * x + (1 - vis) * rec["pred"]).clamp(0, 1)
     rows = [
         [
@@ -257,7 +271,7 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
     settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(total=7)
+    progress = Progress(total=8)
     summary: dict[str, Any] = {"settings": asdict(settings)}
     figs: dict[str, str] = {}
     train_cases, held_cases = _split_cases(settings)
@@ -268,7 +282,7 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         summary["curate_heldout"] = _curate(out / "heldout", out / "curated_heldout", settings.curate_max_side)
         progress.say(summary["curate"])
 
-    with progress.stage("confidence maps", "computed by curation (Karamalis et al. 2012), shown beside inputs"):
+    with progress.stage("confidence maps", "Karamalis et al. 2012, on curated stills, beside their inputs"):
         summary["confidence_maps"] = _confidence_figure(out / "curated", out / "1_confidence_maps.png")
         figs["confidence maps beside their inputs"] = "1_confidence_maps.png"
 
@@ -279,7 +293,8 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         parser["manifest"] = str(manifest)
         seed_everything(settings.seed)
         model = parser.get_parsed_content("network")
-        held = _heldout_tensors(out / "curated_heldout", settings.img_size)
+        held = _heldout_tensors(out / "curated_heldout", settings.img_size, parser.get_parsed_content("normalize"))
+        held["intensity"] = (float(parser["intensity_mean"]), float(parser["intensity_std"]))
         before = reconstruction_score(model, held["image"], held["fov_mask"])
         progress.say(f"held-out reconstruction error / mean-of-visible baseline before training: {before.ratio:.3f}")
         result = parser.get_parsed_content("trainer").run()
@@ -304,12 +319,73 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         _reconstruction_figure(model, held, out / "3_reconstructions.png", settings.seed)
         figs[f"reconstructions of held-out images (ratio {after.ratio:.2f})"] = "3_reconstructions.png"
 
+    bundle = seg.make_bundle_folder(bundle_dir("ultramae_segmentation"), out / "segmentation_bundle")
+    with progress.stage(
+        "fine-tune", f"segmentation bundle from the pretrained encoder, ~{settings.finetune_steps} steps"
+    ):
+        seg_data = seg.write_pairs(train_cases, out / "segmentation_data")
+        arch = {
+            "preset": settings.preset,
+            "tubelet": [1, settings.patch, settings.patch],
+            "img_size": settings.img_size,
+        }
+        ft = seg.finetune_segmentation(
+            bundle,
+            seg_data,
+            _latest_checkpoint(out / "pretrain"),
+            arch,
+            settings.finetune_steps,
+            seed=settings.seed,
+            say=progress.say,
+        )
+        figures.line_plot(
+            {"training loss (Dice + CE)": ft.pop("losses"), "validation Dice": ft["val_dice"]},
+            out / "4_finetune_curves.png",
+            "segmentation fine-tuning",
+            xlabel="iteration",
+        )
+        figs["segmentation fine-tuning: loss and validation Dice"] = "4_finetune_curves.png"
+        summary["segmentation"] = ft
+
+    with progress.stage("infer", "segmentation bundle's inference.json on the held-out images"):
+        masks = seg.infer_segmentation(bundle, out / "heldout", out / "inference")
+        summary["segmentation"].update(_segmentation_figure(held_cases, out / "inference", out / "5_segmentation.png"))
+        figs[f"segmentation of held-out images (Dice {summary['segmentation']['dice']:.2f})"] = "5_segmentation.png"
+        progress.say(f"{len(masks)} masks; held-out Dice {summary['segmentation']['dice']:.3f}")
+
+    with progress.stage("deploy", "MONAI Deploy app on a held-out image written as an ultrasound DICOM"):
+        from ultramae_monai.demo.deploy_run import run_deploy_app
+
+        summary["deploy"] = run_deploy_app(
+            bundle, held_cases[0], out / "deploy", out / "6_deploy.png", enabled=settings.deploy, say=progress.say
+        )
+        if summary["deploy"].get("figure"):
+            figs["deploy app: DICOM in, segmentation out"] = summary["deploy"]["figure"]
+
+    summary["seconds"] = progress.seconds
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_index(out, summary, figs)
     print(f"results: {(out / 'index.html').resolve()}")
     return summary
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted((folder / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
+def _segmentation_figure(cases: list, masks_dir: Path, path: Path) -> dict[str, Any]:
+    """Held-out image | reference mask | predicted mask, as overlays; Dice per case and mean."""
+    rows, scores = [], {}
+    for c in cases:
+        found = sorted(masks_dir.glob(f"{c.name}_mask.*"))
+        if not found:
+            raise UltraMAEError("inference wrote no mask for this image", c.image)
+        img, truth = c.load()
+        pred = seg.load_mask(found[0])
+        scores[c.name] = seg.dice(pred, truth)
+        rows.append([figures.as_rgb(img), figures.overlay(img, truth, (60, 140, 255)), figures.overlay(img, pred)])
+    figures.grid(rows[:6], path, titles=("held-out image", "reference (HC18)", "prediction"), height=150)
+    return {"dice": float(np.mean(list(scores.values()))), "dice_per_case": scores}
+
+
+def _latest_checkpoint(folder: Path) -> Path:
+    ckpts = sorted((folder / "checkpoints").glob("checkpoint_step*.pt"))
+    if not ckpts:
+        raise UltraMAEError("pretraining wrote no checkpoint", folder)
+    return ckpts[-1]

@@ -57,9 +57,8 @@ def reconstruction_score(
             pd = model.encoder.patch_dim
             pred, target = out["pred"][..., :pd].float(), out["target"][..., :pd].float()
             visible = torch.zeros(target.shape[:2], device=target.device)
-            visible.scatter_(1, out["ids_keep"], 1.0)
-            if fov_mask is not None:
-                visible = visible * out["valid"].float()
+            shown = out.get("keep_valid")  # False on padding of per-sample visible counts
+            visible.scatter_(1, out["ids_keep"], 1.0 if shown is None else shown.float())
             n_visible = visible.sum(1).clamp_min(1)[:, None, None]
             mean_visible = (target * visible[..., None]).sum(1, keepdim=True) / n_visible
             masked = out["mask"].float()
