@@ -228,7 +228,7 @@ def _pretrain_parser(settings: DemoSettings, curated: Path, out: Path, steps_per
 def _reconstruction_figure(
     model: torch.nn.Module, held: dict[str, torch.Tensor], path: Path, seed: int, rows_shown: int = 6
 ) -> None:
-    """Rows of held-out images: input | masked input | reconstruction (visible patches pasted) | prediction."""
+    """Rows of held-out images: masked input | reconstruction (the visible patches pasted, as MAE shows) | target."""
     x, fov = held["image"], held["fov_mask"]
     model.eval()
     with torch.no_grad():
@@ -244,12 +244,11 @@ def _reconstruction_figure(
         [
             figures.as_rgb(rec["masked"][i, 0] + (1 - vis[i, 0]) * 0.25),  # masked patches shown mid-grey-dark
             figures.as_rgb(pasted[i, 0]),
-            figures.as_rgb(rec["pred"][i, 0].clamp(0, 1)),
             figures.as_rgb(x[i, 0]),
         ]
         for i in range(min(x.shape[0], rows_shown))
     ]
-    figures.grid(rows, path, titles=("masked input", "reconstruction", "prediction only", "target"), height=128)
+    figures.grid(rows, path, titles=("masked input (75 % hidden)", "reconstruction", "target"), height=160)
 
 
 def _loss_figure(metrics: Path, path: Path) -> list[tuple[float, float]]:
@@ -271,7 +270,7 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
     settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(total=8)
+    progress = Progress(total=7)
     summary: dict[str, Any] = {"settings": asdict(settings)}
     figs: dict[str, str] = {}
     train_cases, held_cases = _split_cases(settings)

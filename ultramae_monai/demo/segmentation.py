@@ -79,8 +79,6 @@ def finetune_segmentation(
     parser.get_parsed_content("initialize")  # seeds, data lists, encoder from the checkpoint, settings.json
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator")
-    for engine in (trainer, evaluator):  # the bundle's per-iteration StatsHandler lines; the demo prints its own
-        engine.logger.setLevel(logging.WARNING)
     losses: list[tuple[float, float]] = []
     val_dice: list[tuple[float, float]] = []
     log_every = max(steps // 8, 1)
@@ -98,7 +96,13 @@ def finetune_segmentation(
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, on_iteration)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, on_validation)
-    trainer.run()
+    stats_log = logging.getLogger("monai.handlers.StatsHandler")  # the bundle's per-iteration lines
+    level = stats_log.level
+    stats_log.setLevel(logging.WARNING)  # the demo prints its own, fewer
+    try:
+        trainer.run()
+    finally:
+        stats_log.setLevel(level)
     say(f"validation Dice after fine-tuning: {val_dice[-1][1]:.3f}" if val_dice else "no validation ran")
     return {
         "train_images": len(data["train"]),
