@@ -6,3 +6,5 @@ source "$ROOT/scripts/venv.sh" test
 cd "$ROOT"
 "$ROOT/.venv/bin/ruff" check ultramae_monai tests benchmarks bundles
 "$ROOT/.venv/bin/python" -m pytest -n "${ULTRAMAE_TEST_WORKERS:-2}" --dist loadfile -q "$@"
+"$ROOT/scripts/test_deploy.sh"
+"$ROOT/scripts/test_label.sh"

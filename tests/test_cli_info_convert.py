@@ -84,6 +84,9 @@ def test_convert_to_png_frames(tmp_path: Path) -> None:
     cine = read_dicom(src, clip_length=3, color=True)
     for t, p in enumerate(written):
         np.testing.assert_array_equal(np.asarray(Image.open(p)), np.moveaxis(cine.numpy()[:, t], 0, -1))
+
+
+def test_convert_16_bit_grey_to_png(tmp_path: Path) -> None:
     grey = convert(_dcm("gdcm-US-ALOKA-16.dcm"), tmp_path / "aloka.png")
     assert grey == [str(tmp_path / "aloka.png")]
     still = load_ultrasound(_dcm("gdcm-US-ALOKA-16.dcm"))  # 16-bit palette: luma beyond 255, kept as 16-bit PNG

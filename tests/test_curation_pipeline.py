@@ -1,27 +1,35 @@
 """End-to-end curation over a small real subset: HC18 and BUSI images, two short POCUS videos, the
 deid-data DICOMs (with real PHI in their headers), a cropped RESECT volume, and planted corrupt files.
 
-Checks: counts and quarantine report; arrays, dtypes and masks as the manifest says; no PHI anywhere
-in OUT (every identifying header value and every source file/folder name is grepped for, in the raw
-bytes of every file, arrays included) nor in what the run printed; a re-run redoes nothing; a run
-killed between the manifest and the ledger resumes without duplicates; patient-grouped split.
+Checks: counts and quarantine report; every failed file named (relative to SRC) in the operator's private
+report and in the printed summary; arrays, dtypes and masks as the manifest says; no PHI anywhere in OUT
+outside ``OUT/private`` (every identifying header value and every source file/folder name is grepped for, in
+the raw bytes of every file, arrays included) nor in what the real run printed (captured at the file
+descriptors, progress bar included); a re-run redoes nothing; a run killed between the manifest and the
+ledger resumes without duplicates; patient-grouped split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import stat
+import sys
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.pipeline import MANIFEST_NAME, run_curation
-from ultramae_monai.curation.quarantine import locate, read_quarantine
+from ultramae_monai.curation.quarantine import PRIVATE_DIR, locate, read_failed_files, read_quarantine
 from ultramae_monai.curation.walk import find_sources
 from ultramae_monai.data.manifest import read_manifest
 
@@ -80,12 +88,17 @@ def _build_tree(root: Path, shared: Path) -> dict[str, int]:
     (root / "bad").mkdir()
     (root / "bad" / "empty.dcm").write_bytes(b"")
     data = videos[0].read_bytes()
-    (root / "bad" / "truncated.mp4").write_bytes(data[: len(data) // 50])
+    (root / "bad" / "clipped.mp4").write_bytes(data[: len(data) // 50])  # not "truncated": a word causes use
     (root / "bad" / "noise.png").write_bytes(np.random.default_rng(0).bytes(4096))
     vol[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(vol, img.affine), root / "bad" / "nan.nii.gz")
+    # a valid PNG of random noise: no scan region, counted apart; a DICOM with PHI cut off in its pixel data
+    noise = np.random.default_rng(1).integers(0, 256, (96, 128), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "bad" / "static.png")
+    with_phi = max(deid.glob("*.dcm"), key=lambda p: p.stat().st_size).read_bytes()
+    (root / "bad" / "cut.dcm").write_bytes(with_phi[: len(with_phi) * 3 // 4])
     (root / "notes.txt").write_text("not an image")
-    return {"supported": 3 + 2 + len(videos[:2]) + len(list(deid.glob("*.dcm"))) + 1 + 4, "ignored": 2}
+    return {"supported": 3 + 2 + len(videos[:2]) + len(list(deid.glob("*.dcm"))) + 1 + 6, "ignored": 2}
 
 
 def _phi_values(dicoms: list[Path]) -> set[str]:
@@ -107,30 +120,70 @@ def _phi_values(dicoms: list[Path]) -> set[str]:
     return values
 
 
+@contextlib.contextmanager
+def _captured_fds(sink: list[str]) -> Iterator[None]:
+    """Everything written to file descriptors 1 and 2 in the block (Python, tqdm and C libraries alike)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as f, open(f.fileno(), "w", closefd=False) as text:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:  # Python-level streams too: pytest replaces sys.stdout/sys.stderr with its own
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
+        finally:
+            text.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            f.seek(0)
+            sink.append(f.read().decode("utf-8", "replace"))
+
+
 @pytest.fixture(scope="module")
 def curated(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("curate")
     src, out = base / "src", base / "out"
     counts = _build_tree(src, shared_data)
     opts = CurationOptions(**OPTS)
-    report = run_curation(src, out, opts, salt=SALT, progress=False)
-    return {"src": src, "out": out, "report": report, "counts": counts, "opts": opts}
+    printed: list[str] = []
+    with _captured_fds(printed):  # the real run, progress bar on, and the summary the command prints
+        report = run_curation(src, out, opts, salt=SALT, progress=True)
+        print(report)
+    return {"src": src, "out": out, "report": report, "counts": counts, "opts": opts, "printed": printed[0]}
 
 
 def test_counts_and_quarantine(curated):
     r, counts = curated["report"], curated["counts"]
     assert r.files_seen == counts["supported"] and r.files_ignored == counts["ignored"]
-    assert r.quarantined == 4 and r.curated == counts["supported"] - 4 and r.skipped_done == 0
+    assert r.quarantined == 6 and r.curated == counts["supported"] - 6 and r.skipped_done == 0
+    assert r.no_scan_region == 1 and "no scan region 1" in str(r)
     q = read_quarantine(curated["out"])
-    assert sorted(e.suffix for e in q) == [".dcm", ".mp4", ".nii.gz", ".png"]
+    assert sorted(e.suffix for e in q) == [".dcm", ".dcm", ".mp4", ".nii.gz", ".png", ".png"]
     assert all(e.cause and e.error for e in q)
     assert next(e for e in q if e.suffix == ".nii.gz").error == "InvalidInputError"
+    assert [e.error for e in q].count("NoScanRegionError") == 1
+    assert any(e.cause.startswith("truncated DICOM") for e in q)
     assert set(r.samples) == {"still", "cine", "volume"}
-    assert "curated" in str(r) and "quarantined 4" in str(r)
+    assert "curated" in str(r) and "quarantined 6" in str(r)
     # the operator can map quarantine tokens back to files (with the salt and the tree)
     sources, _ = find_sources(curated["src"], curated["opts"].exclude)
     found = locate(curated["src"], [e.source for e in q], SALT.encode(), [s.path for s in sources])
-    assert sorted(p.parent.name for p in found.values()) == ["bad"] * 4
+    assert sorted(p.parent.name for p in found.values()) == ["bad"] * 6
+
+
+def test_every_failed_file_is_named_for_the_operator(curated):
+    bad = sorted(f"bad/{p.name}" for p in (curated["src"] / "bad").iterdir())
+    assert sorted(curated["report"].failed) == bad
+    rows = read_failed_files(curated["out"])
+    assert sorted(row["path"] for row in rows) == bad and all(row["cause"] and row["error"] for row in rows)
+    private = curated["out"] / PRIVATE_DIR
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert stat.S_IMODE((private / "failed_files.jsonl").stat().st_mode) == 0o600
+    summary = curated["printed"]
+    assert "failed files: 6" in summary and all(f"  {rel}\n" in summary + "\n" for rel in bad)
 
 
 def test_arrays_match_the_manifest(curated):
@@ -172,7 +225,7 @@ def test_split_is_grouped_by_patient(curated):
     )
 
 
-def test_no_phi_in_output_or_logs(curated, capfd):
+def test_no_phi_in_output_or_logs(curated):
     src, out = curated["src"], curated["out"]
     dicoms = sorted(src.rglob("*.dcm"))
     phi = _phi_values([d for d in dicoms if d.stat().st_size])
@@ -182,7 +235,8 @@ def test_no_phi_in_output_or_logs(curated, capfd):
     hexlike = re.compile(r"^[0-9a-f]+$")
     text_needles = [v.encode() for v in phi if len(v) >= 4 and not (len(v) < 8 and hexlike.match(v))]
     binary_needles = [n for n in text_needles if len(n) >= 6]  # shorter byte strings occur by chance in pixels
-    files = [p for p in out.rglob("*") if p.is_file() and p.name != ".salt"]
+    private = out / PRIVATE_DIR  # the operator's own report names failed files (documented, never shared)
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != ".salt" and private not in p.parents]
     assert len(files) > 20
     for p in files:
         data = p.read_bytes()
@@ -190,10 +244,14 @@ def test_no_phi_in_output_or_logs(curated, capfd):
         leaks = [n for n in needles if n in data]
         assert not leaks, f"{p.relative_to(out)} holds PHI {leaks[:3]}"
         assert not any(n in p.relative_to(out).as_posix().encode() for n in text_needles)
-    # what the next run prints (progress bar and summary) is clean too
-    run_curation(src, out, curated["opts"], salt=SALT, progress=True)
-    printed = "".join(capfd.readouterr()).encode()
-    assert not [n for n in text_needles if n in printed]
+    # what the real run printed (progress bar and summary) holds no PHI; it names the failed files, which
+    # are the operator's (under bad/), and nothing else of the tree
+    failed_names = {
+        n for rel in curated["report"].failed for n in (rel, *rel.split("/"), rel.split("/")[-1].split(".")[0])
+    }
+    printed = curated["printed"].encode()
+    assert "files seen" in curated["printed"] and "curate" in curated["printed"]  # the bar and the summary
+    assert not [n for n in text_needles if n in printed and n.decode() not in failed_names]
 
 
 def test_rerun_redoes_nothing(curated):

@@ -175,17 +175,23 @@ def test_clip_decodes_only_requested_frames(monkeypatch: pytest.MonkeyPatch) -> 
     assert asked == [100, 102, 104, 106] and clip.shape == (1, 4, 480, 640)
 
 
-def test_spacing_and_timing_from_the_header(unzipped: Path) -> None:
+def test_spacing_and_timing_from_the_header() -> None:
     # examples_ybr_color: region PhysicalDeltaX = PhysicalDeltaY = 0.05104970559477806 cm, FrameTime 33.333 ms
     x = read_dicom(_get("examples_ybr_color.dcm"), max_frames=2)
     assert x.meta["spacing"] == pytest.approx([0.5104970559477806, 0.5104970559477806])
     assert x.meta["frame_time_ms"] == pytest.approx(33.333) and x.meta["fps"] == pytest.approx(1000 / 33.333)
     assert x.meta[US_REGIONS] == [[31, 84, 415, 596]]  # MinY0 31, MinX0 84, MaxY1 414, MaxX1 595 (inclusive)
     assert x.affine[1, 1].item() == pytest.approx(0.5104970559477806)
+
+
+def test_timing_from_the_frame_time_vector(unzipped: Path) -> None:
     # RGB_CINE (deid-data): no FrameTime, FrameTimeVector [0, 57.9671, ...]; deltas X 0.006768174 cm, Y 0.006767122 cm
     cine = read_dicom(_resolve("deid-data", "RGB_CINE.zip", unzipped), clip_length=2)
     assert cine.meta["frame_time_ms"] == pytest.approx(57.9671) and cine.meta["fps"] == pytest.approx(1000 / 57.9671)
     assert cine.meta["spacing"] == pytest.approx([0.067671221588146225, 0.06768174349098055])
+
+
+def test_spacing_of_the_tissue_region_or_unknown() -> None:
     # palette still with two regions: the 2D tissue one gives the spacing (0.026228787661969977 cm)
     pal = read_dicom(_get("examples_palette.dcm"))
     assert pal.meta["spacing"] == pytest.approx([0.26228787661969977] * 2)

@@ -68,8 +68,33 @@ def test_augmentation_is_a_function_of_the_seed(data_dir: Path) -> None:
     a, b, c = ds[(i, 11)], ds[(i, 11)], ds[(i, 12)]
     assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
     assert type(a["image"]) is torch.Tensor  # MetaTensor unwrapped for cheap collation
-    plain = ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4)[i]
-    assert torch.equal(plain["image"], ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4)[i]["image"])
+    # a plain index is not augmented: the first num_frames frames, whole, resized
+    plain = ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4)[i]["image"]
+    raw = torch.from_numpy(np.load(data_dir / f"{ds.records[i].path}")[:, :4].astype(np.float32) / 255)
+    expected = torch.nn.functional.interpolate(raw.transpose(0, 1), size=(32, 32), mode="bilinear", antialias=True)
+    torch.testing.assert_close(plain, expected.transpose(0, 1))
+
+
+def test_image_confidence_and_fov_are_cropped_and_flipped_together(tmp_path: Path) -> None:
+    """Fixtures with no symmetry: the map is the image / 255, the FOV is a triangle of the image's bright part."""
+    yy, xx = np.mgrid[0:48, 0:40]
+    img = (3 * xx + 2 * yy + 20).astype(np.uint8)[None]  # a ramp along both axes, no mirror symmetry
+    np.save(tmp_path / "s.npy", img)
+    np.save(tmp_path / "c.npy", (img / 255.0).astype(np.float32))
+    np.save(tmp_path / "f.npy", (img > 150).astype(np.uint8))  # a triangle in the bottom-right corner
+    rec = ManifestRecord(id="s", path="s.npy", kind="still", shape=[1, 48, 40], confidence="c.npy", fov_mask="f.npy")
+    write_manifest([rec], tmp_path / "manifest.jsonl")
+    flip = Compose([RandFlipd(keys=["image", "confidence", "fov_mask"], prob=0.5, spatial_axis=-1)])
+    ds = ManifestDataset(dataset_dir=tmp_path, img_size=32, load_confidence=True, transform=flip, scale=(0.3, 1.0))
+    flipped = 0
+    for seed in range(12):
+        item = ds[(0, seed)]
+        image, conf, fov = item["image"][0], item["confidence"][0], item["fov_mask"][0]
+        torch.testing.assert_close(conf, image, atol=2e-3, rtol=0)  # same crop, same resize, same flip
+        agree = (fov == (image > 150 / 255)).float().mean()
+        assert agree > 0.9, (seed, float(agree))  # the mask follows the image (nearest vs bilinear at edges)
+        flipped += int(image[:, 0].mean() > image[:, -1].mean())  # the ramp rises to the right unless flipped
+    assert 0 < flipped < 12  # both flipped and unflipped crops were checked
 
 
 def test_random_resized_box_stays_inside_and_evaluation_takes_all() -> None:
@@ -104,8 +129,12 @@ def test_bad_arrays_name_the_file(tmp_path: Path) -> None:
         ds[0]
     with pytest.raises(InvalidInputError, match=r"flat\.npy"):
         ds[1]
-    with pytest.raises(InvalidInputError, match="no still/cine records"):
+    with pytest.raises(
+        InvalidInputError, match=r"no still or cine records in split 'val' \(2 records, all in 'train'\)"
+    ):
         ManifestDataset(dataset_dir=tmp_path, split="val")
+    with pytest.raises(UnreadableFileError, match=r"^manifest not found: .*nowhere"):
+        ManifestDataset(dataset_dir=tmp_path / "nowhere")
     assert len(ManifestDataset(dataset_dir=tmp_path, split="val", allow_empty=True)) == 0
 
 

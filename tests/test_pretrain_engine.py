@@ -1,23 +1,27 @@
-"""Optimiser recipe, checkpoints, RNG capture, previews and the trainer's NaN guard (in-process, fast)."""
+"""Optimiser recipe, checkpoints, RNG capture, previews, the NaN guard and the bundle's engine (in-process, fast)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from test_pretrain_data import make_manifest
 from torch import nn
 
-from ultramae_monai.data import KindBatchSampler, ManifestDataset
 from ultramae_monai.engines import (
     CheckpointManager,
+    DistributedMaskedLoss,
+    MAEIteration,
     NonFiniteLossError,
-    PretrainTrainer,
     WarmupCosine,
     atomic_save,
     build_optimizer,
@@ -27,6 +31,8 @@ from ultramae_monai.engines import (
     restore_rng_state,
     save_grid_png,
     scaled_lr,
+    seed_everything,
+    warmup_steps,
 )
 from ultramae_monai.networks import UltraMAE
 
@@ -119,64 +125,95 @@ def test_reconstruction_grid(tmp_path: Path) -> None:
     assert torch.allclose(pred[0][vis], inp[0][vis]) and not torch.allclose(pred[0][~vis], inp[0][~vis])
 
 
-class _NaNAfter(nn.Module):
-    """Stand-in MAE wrapper: the real model, whose loss turns NaN from call ``bad_call`` on."""
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "ultramae_pretrain"
+MICRO = {
+    "preset": "micro", "target": "pixel", "img_size": 32, "tubelet": [2, 8, 8], "num_frames": 4, "decoder_depth": 1,
+    "decoder_dim": 32, "batch_size": 4, "clip_batch_size": 4, "base_lr": 0.2, "warmup_epochs": 0.5,
+    "intensity_mean": 0.5, "intensity_std": 0.28, "log_every": 3, "preview_every": 0, "preview_samples": 0,
+    "seed": 7, "num_workers": 0,
+}  # fmt: skip
 
-    def __init__(self, inner: nn.Module, bad_call: int) -> None:
+
+def _bundle(data: Path, out: Path, **overrides: Any) -> ConfigParser:
+    """The pretraining bundle's ``train.json`` with micro overrides, parsed in this process."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(data), "output_dir": str(out), **MICRO, **overrides})
+    seed_everything(parser["seed"])
+    return parser
+
+
+def test_nan_in_the_data_stops_before_touching_the_weights(tmp_path: Path) -> None:
+    """A real NaN source: one cached still is NaN. The step that reads it raises and applies nothing."""
+    data = make_manifest(tmp_path / "data", stills=12, clips=4)
+    np.save(data / "s5.npy", np.full((1, 48, 40), np.nan, np.float32))
+    parser = _bundle(data, tmp_path / "run", checkpoint_every=1, max_epochs=3)
+    trainer = parser.get_parsed_content("train#trainer")
+    network = parser.get_parsed_content("network_def")
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step (\d+)") as err:
+        trainer.run()
+    step = int(re.search(r"step (\d+)", str(err.value)).group(1))
+    log = tmp_path / "run" / "metrics.jsonl"
+    logged = [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
+    assert max(logged, default=0) == step - 1  # the NaN step was never logged as a step
+    expected = initial
+    if step > 1:  # the last good checkpoint is named and holds the weights the NaN step left untouched
+        assert f"checkpoint_step{step - 1:08d}.pt" in str(err.value)
+        expected = torch.load(tmp_path / f"run/checkpoints/checkpoint_step{step - 1:08d}.pt", weights_only=True)
+        expected = expected["network"]
+    else:
+        assert "last good checkpoint: none yet" in str(err.value)
+    for k, v in network.state_dict().items():
+        assert torch.equal(v, expected[k]), k  # the NaN step changed nothing
+    assert all(p.grad is None for p in network.parameters())
+
+
+class _SqrtAtZero(nn.Module):
+    """A finite loss with an infinite gradient: ``sqrt(w)`` at ``w = 0`` (d/dw = inf)."""
+
+    target = "pixel"
+
+    def __init__(self) -> None:
         super().__init__()
-        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def mask_slots(self, x: torch.Tensor) -> int:
+        return 1
 
     def forward(self, x: torch.Tensor, **kw: Any) -> dict[str, Any]:
-        self.calls += 1
-        out = self.inner(x, **kw)
-        if self.calls >= self.bad_call:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    def reconstruct(self, x: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.inner.reconstruct(x, out)
-
-    def architecture(self) -> dict[str, Any]:
-        return self.inner.architecture()
-
-    @property
-    def target(self) -> str:
-        return self.inner.target
+        return {"loss": torch.sqrt(self.w).sum() + x.mean() * 0, "mask": torch.ones(1)}
 
 
-def _trainer(data: Path, out: Path, net: nn.Module, **kw: Any) -> PretrainTrainer:
-    ds = ManifestDataset(dataset_dir=data, img_size=32, num_frames=4)
-    sampler = KindBatchSampler(ds.kinds, batch_size=4, seed=0)
-    opt = build_optimizer(net, base_lr=0.05, effective_batch=4)
-    return PretrainTrainer(net, ds, sampler, opt, out, tensorboard=False, preview_samples=0, **kw)
+def test_non_finite_gradient_stops_the_step() -> None:
+    net = _SqrtAtZero()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    engine = SimpleNamespace(
+        network=net, optimizer=opt, loss_function=DistributedMaskedLoss(),
+        state=SimpleNamespace(device=torch.device("cpu"), iteration=3, epoch=1),
+    )  # fmt: skip
+    batch = {"image": torch.rand(2, 1, 8, 8), "fov_mask": torch.ones(2, 1, 8, 8, dtype=torch.bool)}
+    step = MAEIteration()
+    step.last_checkpoint = "ckpt/checkpoint_step00000002.pt"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm at step 3 .*loss 0\.0.*step00000002"):
+        step(engine, batch)
+    assert net.w.item() == 0.0 and net.w.grad is None  # not applied, gradients cleared
 
 
-def test_nan_loss_stops_before_touching_the_weights(tmp_path: Path) -> None:
-    data = make_manifest(tmp_path / "data", stills=12, clips=4)
-    net = _NaNAfter(_micro(), bad_call=5)  # steps 1-2 fine (accum 2), step 3 sees NaN
-    trainer = _trainer(data, tmp_path / "run", net, grad_accum=2, checkpoint_every=1, max_epochs=3)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3.*checkpoint_step00000002\.pt"):
-        trainer.run()
-    assert trainer.step == 2
-    saved = torch.load(tmp_path / "run/checkpoints/checkpoint_step00000002.pt", weights_only=True)["network"]
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, saved[k]), k  # the NaN step changed nothing
-    assert all(p.grad is None for p in net.parameters())
-
-
-def test_grad_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
-    data = make_manifest(tmp_path / "data", stills=12, clips=4)
-    trainer = _trainer(data, tmp_path / "run", _micro(), grad_accum=2, max_epochs=1)
-    assert trainer.steps_per_epoch == len(trainer.sampler) // 2 and trainer.effective_batch == 8
-    result = trainer.run()
-    assert result["step"] == trainer.steps_per_epoch and np.isfinite(result["loss"])
-    assert trainer.scheduler.last_epoch == trainer.steps_per_epoch  # one schedule step per optimiser step
+def test_short_documented_cpu_run_leaves_warm_up(tmp_path: Path) -> None:
+    """The README's CPU command (max_epochs 2) must train: warm-up is capped at 10 % of the run, not 40 epochs."""
+    data = make_manifest(tmp_path / "data", stills=24, clips=8)
+    parser = _bundle(data, tmp_path / "run", max_epochs=2, warmup_epochs=40, base_lr=1.5e-4)
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    total = parser.get_parsed_content("total_steps")
+    factors = [scheduler.lr_lambdas[0](s) for s in range(total)]
+    assert max(factors) == pytest.approx(1.0) and scheduler.lr_lambdas[0].warmup_steps <= 0.1 * total
+    assert warmup_steps(40, 100, 40_000) == 4000  # MAE's 40 of 400 epochs is unchanged
 
 
 def test_bundle_recipe_does_not_clip_gradients_by_default() -> None:
     """MAE does not clip gradients; clipping stays available as ``--clip_grad``."""
-    import json
-
     cfg = json.loads((Path(__file__).resolve().parents[1] / "bundles/ultramae_pretrain/configs/train.json").read_text())
     assert cfg["clip_grad"] is None
 
@@ -186,10 +223,9 @@ def test_checkpoint_is_weights_only_with_network_and_meta(tmp_path: Path) -> Non
     from ultramae_monai.networks import UltraMAEEncoder
 
     data = make_manifest(tmp_path / "data", stills=12, clips=4)
-    net = _micro()
-    trainer = _trainer(data, tmp_path / "run", net, max_steps=2, intensity_mean=0.3, intensity_std=0.2)
-    trainer.run()
-    state = torch.load(trainer.checkpoints.latest(), weights_only=True)
+    parser = _bundle(data, tmp_path / "run", max_steps=2, intensity_mean=0.3, intensity_std=0.2)
+    parser.get_parsed_content("train#trainer").run()
+    state = torch.load(tmp_path / "run/checkpoints/checkpoint_step00000002.pt", weights_only=True)
     meta = state["meta"]
     assert meta["format"] == "ultramae-pretrain" and meta["version"] == 1 and meta["target"] == "pixel"
     assert meta["intensity"] == {"mean": 0.3, "std": 0.2}
@@ -197,5 +233,6 @@ def test_checkpoint_is_weights_only_with_network_and_meta(tmp_path: Path) -> Non
     assert arch.pop("preset") == "micro" and arch.pop("img_size") == [32, 32]
     encoder = UltraMAEEncoder(**arch).eval()
     encoder.load_state_dict({k[len("encoder.") :]: v for k, v in state["network"].items() if k.startswith("encoder.")})
+    net = parser.get_parsed_content("network_def")
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(encoder.forward_features(x), net.encoder.eval().forward_features(x))

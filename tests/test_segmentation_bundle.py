@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultramae_segmentation"
 MICRO = {"preset": "micro", "img_size": 64}
@@ -62,6 +64,7 @@ def test_inference_run_writes_masks_of_the_input_size(bundle: Path, shared_data:
     data.mkdir()
     shutil.copy(shared_data / "hc18" / "images" / "002_HC.png", data / "002_HC.png")
     shutil.copy(shared_data / "busi" / "benign" / "benign (12).png", data / "benign (12).png")
+    shutil.copy(get_testdata_file("examples_palette.dcm"), data / "palette still.dcm")
     out = tmp_path / "out"
     parser = _parser(bundle, **MICRO, dataset_dir=str(data), output_dir=str(out))
     for expr in parser.get("initialize", []):
@@ -72,6 +75,10 @@ def test_inference_run_writes_masks_of_the_input_size(bundle: Path, shared_data:
         mask = Image.open(out / f"{name}_mask.png")
         assert mask.size == Image.open(src).size
         assert Image.open(out / f"{name}_overlay.png").size == mask.size
+    nifti = nib.load(out / "palette still_mask.nii.gz")  # DICOM in, NIfTI out, with the pixel spacing
+    assert nifti.shape == (350, 800, 1)
+    np.testing.assert_allclose(nifti.header.get_zooms()[:2], [0.26228787661969977] * 2, rtol=1e-5)
+    assert Image.open(out / "palette still_overlay.png").size == (800, 350)
 
 
 def test_verify_net_in_out_and_torchscript_export(bundle: Path, tmp_path: Path) -> None:

@@ -9,28 +9,33 @@ file to ``OUT/<name><fmt>``; cines and folders show a progress bar, a 3D volume 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from monai.data import MetaTensor
-from PIL import Image
-from tqdm import tqdm
 
-from ultramae_monai.data.convention import KIND_CINE, MetaKeys
-from ultramae_monai.data.load import SUPPORTED_SUFFIXES, load_ultrasound
+from ultramae_monai.cli.arguments import UsageError, add_option, check_output_file, check_output_folder
 from ultramae_monai.errors import InvalidInputError
-from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap
 
-__all__ = ["confmap", "write_map"]
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
 
+    from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap
+
+__all__ = ["EXAMPLE", "NAME", "SUMMARY", "add_arguments", "confmap", "run", "write_map"]
+
+NAME = "confmap"
+SUMMARY = "Ultrasound confidence map (Karamalis et al. 2012) of a file or a folder, to .npy, .nii.gz or .png."
+EXAMPLE = "ultramae confmap scan.png scan_conf.npy --alpha 2 --beta 90 --gamma 0.05"
 OUT_SUFFIXES = (".npy", ".nii.gz", ".png")
-_SRC_SUFFIXES = tuple("." + s for s in SUPPORTED_SUFFIXES)
+BACKENDS = ("auto", "multifrontal", "direct", "slices")  # as ultramae_monai.confmap.api.BACKENDS
+SINK_MODES = ("all", "mid", "min")  # ultramae_monai.confmap.seeds.SINK_MODES but "mask" (needs a mask array)
 
 
 def _out_suffix(path: Path) -> str:
@@ -43,6 +48,12 @@ def _out_suffix(path: Path) -> str:
 
 def write_map(cmap: MetaTensor, out: str | PathLike) -> Path:
     """Write a channel-first float32 map by OUT's suffix (see the module docstring)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+    from PIL import Image
+
+    from ultramae_monai.data.convention import KIND_CINE, MetaKeys
+
     out = Path(out)
     suffix = _out_suffix(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +97,12 @@ def _solver_progress() -> Iterator[None]:
 
 
 def _map_file(src: Path, transform: UltrasoundConfidenceMap, show_frames: bool) -> MetaTensor:
+    from monai.data import MetaTensor
+    from tqdm import tqdm
+
+    from ultramae_monai.data.convention import KIND_CINE, MetaKeys
+    from ultramae_monai.data.load import load_ultrasound
+
     img = load_ultrasound(src)
     if img.meta.get(MetaKeys.KIND) == KIND_CINE and show_frames:
         frames = []
@@ -111,6 +128,11 @@ def confmap(
     fmt: str = ".npy",
 ) -> list[str]:
     """Confidence map of SRC (file or folder) to OUT (file, or folder with ``fmt`` suffix); returns written paths."""
+    from tqdm import tqdm
+
+    from ultramae_monai.data.load import SUPPORTED_SUFFIXES
+    from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap
+
     src, out = Path(src), Path(out)
     transform = UltrasoundConfidenceMap(alpha, beta, gamma, mode, sink_mode, backend=backend)
     if not src.exists():
@@ -118,7 +140,9 @@ def confmap(
     if src.is_file():
         with _solver_progress():
             return [str(write_map(_map_file(src, transform, True), out))]
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.name.lower().endswith(_SRC_SUFFIXES))
+    files = sorted(
+        p for p in src.rglob("*") if p.is_file() and p.name.lower().endswith(tuple("." + x for x in SUPPORTED_SUFFIXES))
+    )
     if not files:
         raise InvalidInputError(f"no supported ultrasound files ({', '.join(SUPPORTED_SUFFIXES)})", src)
     written = []
@@ -126,3 +150,33 @@ def confmap(
         target = out / f.relative_to(src).parent / (f.name.split(".")[0] + fmt)
         written.append(str(write_map(_map_file(f, transform, False), target)))
     return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="a supported file, or a folder (every supported file under it)")
+    parser.add_argument(
+        "out",
+        metavar="OUT",
+        help="for a file SRC: OUT.npy, OUT.nii.gz or OUT.png (its folder must exist); for a folder SRC: a folder "
+        "(created, its parent must exist) receiving OUT/<name><fmt>",
+    )
+    add_option(parser, "alpha", float, 2.0, "attenuation coefficient")
+    add_option(parser, "beta", float, 90.0, "edge-weight sensitivity to intensity differences")
+    add_option(parser, "gamma", float, 0.05, "penalty on horizontal edges")
+    add_option(parser, "sink_mode", str, "all", "where the bottom sinks are", choices=SINK_MODES)
+    add_option(parser, "mode", str, "B", "B-mode image or RF data", choices=("B", "RF"))
+    add_option(parser, "backend", str, "auto", "linear solver", choices=BACKENDS)
+    add_option(parser, "fmt", str, ".npy", "output suffix of each map when SRC is a folder", choices=OUT_SUFFIXES)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, out = Path(args.src), Path(args.out)
+    if not src.exists():
+        raise UsageError("no such file or folder", src)
+    if src.is_dir():
+        check_output_folder(out)
+    else:
+        check_output_file(out, OUT_SUFFIXES)
+    written = confmap(src, out, args.alpha, args.beta, args.gamma, args.sink_mode, args.mode, args.backend, args.fmt)
+    print(f"wrote {len(written)} map(s)" + (f": {written[0]}" if len(written) == 1 else f" under {out}"))
+    return 0

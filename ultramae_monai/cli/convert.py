@@ -12,20 +12,26 @@ volume, 8-bit, or 16-bit grey when the values need it.
 
 from __future__ import annotations
 
+import argparse
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
-from monai.data import MetaTensor
-from PIL import Image
 
-from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys
-from ultramae_monai.data.load import load_ultrasound
+from ultramae_monai.cli.arguments import add_option, check_output_file, check_output_folder
 from ultramae_monai.errors import InvalidInputError
 
-__all__ = ["convert", "to_nifti", "to_png_frames"]
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+    from PIL import Image
+
+__all__ = ["EXAMPLE", "NAME", "SUMMARY", "add_arguments", "convert", "run", "to_nifti", "to_png_frames"]
+
+NAME = "convert"
+SUMMARY = "Any supported input (DICOM, video, PNG/JPEG, NIfTI/NRRD/MHA) to NIfTI, or to PNG frames."
+EXAMPLE = "ultramae convert cine.dcm cine.nii.gz --clip_length 16 --stride 2"
+FILE_SUFFIXES = (".nii", ".nii.gz", ".png")
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
@@ -40,6 +46,8 @@ def _compact(a: np.ndarray) -> np.ndarray:
 
 def _nifti_affine(x: MetaTensor) -> np.ndarray:
     """4 x 4 voxel-to-world: the volume's own, or the 2D pixel spacing with unit spacing on the 3rd axis."""
+    from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys
+
     aff = np.asarray(x.affine, dtype=np.float64)
     if x.meta[MetaKeys.KIND] == KIND_STILL:  # 3 x 3 (row, col)
         out = np.eye(4)
@@ -54,6 +62,10 @@ def _nifti_affine(x: MetaTensor) -> np.ndarray:
 
 def to_nifti(x: MetaTensor, out: Path) -> list[Path]:
     """Write a still, cine or volume as one NIfTI file (layout in the module docstring)."""
+    import nibabel as nib
+
+    from ultramae_monai.data.convention import KIND_CINE, MetaKeys
+
     kind = x.meta[MetaKeys.KIND]
     a = x.numpy()
     if kind == KIND_CINE:
@@ -76,6 +88,8 @@ def to_nifti(x: MetaTensor, out: Path) -> list[Path]:
 
 def _png_ready(frame: np.ndarray, path: Path) -> Image.Image:
     """A ``(C, H, W)`` frame as a Pillow image: 8-bit, or 16-bit for grey beyond 255 (RGB is scaled to 8-bit)."""
+    from PIL import Image
+
     a = np.clip(np.round(frame), 0, 65535)
     if a.shape[0] == 3:
         if a.max() > 255:
@@ -90,6 +104,8 @@ def _png_ready(frame: np.ndarray, path: Path) -> Image.Image:
 
 def to_png_frames(x: MetaTensor, out: Path) -> list[Path]:
     """PNG per frame (cine), per slice along D (volume) or one file (still); ``out`` is a folder or a .png path."""
+    from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys
+
     kind = x.meta[MetaKeys.KIND]
     a = x.numpy()
     frames = [a] if kind == KIND_STILL else list(np.moveaxis(a, 1, 0) if kind == KIND_CINE else np.moveaxis(a, -1, 0))
@@ -114,8 +130,46 @@ def convert(src: str | PathLike, out: str | PathLike, **kwargs: Any) -> list[str
     Keyword arguments go to :func:`~ultramae_monai.data.load.load_ultrasound`: ``color``, ``start``, ``stride``,
     ``clip_length``, ``max_frames``, ``allow_any_modality``. Returns the written paths.
     """
+    from ultramae_monai.data.load import load_ultrasound
+
     x = load_ultrasound(src, **kwargs)
     dst = Path(out)
     name = dst.name.lower()
     written = to_nifti(x, dst) if name.endswith((".nii", ".nii.gz")) else to_png_frames(x, dst)
     return [str(p) for p in written]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="any supported file")
+    parser.add_argument(
+        "out",
+        metavar="OUT",
+        help="OUT.nii / OUT.nii.gz, OUT.png (one file per frame: OUT_0000.png, ...), or a folder of PNG frames "
+        "(created, its parent must exist)",
+    )
+    add_option(parser, "color", bool, False, "keep RGB instead of converting to grey")
+    add_option(parser, "start", int, 0, "first frame of a cine")
+    add_option(parser, "stride", int, 1, "take every stride-th frame")
+    add_option(parser, "clip_length", int, None, "number of frames to convert (none: all)")
+    add_option(parser, "max_frames", int, None, "at most this many frames spread over the cine (none: all)")
+    add_option(parser, "allow_any_modality", bool, False, "read DICOM objects whose modality is not US")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix:
+        check_output_file(out, FILE_SUFFIXES)
+    else:
+        check_output_folder(out)
+    written = convert(
+        args.src,
+        out,
+        color=args.color,
+        start=args.start,
+        stride=args.stride,
+        clip_length=args.clip_length,
+        max_frames=args.max_frames,
+        allow_any_modality=args.allow_any_modality,
+    )
+    print("\n".join(written))
+    return 0

@@ -2,7 +2,7 @@
 
 Curation, confidence maps, pretraining (long enough to learn), reconstructions of held-out images, a
 segmentation fine-tune, inference and a deploy-app run; pictures, ``summary.json`` and ``index.html`` in
-``OUT`` (default ``demo_out``). The stages live in :mod:`ultramae_monai.demo`.
+``OUT`` (default ``demo_out``). The stages live in :mod:`ultramae_monai.demo` (see ``docs/demo.md``).
 """
 
 from __future__ import annotations
@@ -36,13 +36,20 @@ def demo(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", nargs="?", default="demo_out", help="results folder (index.html, summary.json)")
-    parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the learning recipe)")
-    parser.add_argument("--finetune-steps", "--finetune_steps", dest="finetune_steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-deploy", dest="deploy", action="store_false", help="skip the deploy-app stage")
+    from ultramae_monai.cli.arguments import add_option
+
+    parser.add_argument(
+        "out", nargs="?", default="demo_out", metavar="OUT", help="results folder (created; default: demo_out)"
+    )
+    add_option(parser, "steps", int, None, "pretraining steps", shown_default="1000, the learning recipe")
+    add_option(parser, "finetune_steps", int, None, "segmentation fine-tuning steps", shown_default="200")
+    add_option(parser, "seed", int, 0, "random seed")
+    add_option(parser, "deploy", bool, True, "run the deploy app at the end (needs .venv-deploy)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ultramae_monai.cli.arguments import check_output_folder
+
+    check_output_folder(args.out)
     demo(args.out, steps=args.steps, finetune_steps=args.finetune_steps, seed=args.seed, deploy=args.deploy)
     return 0

@@ -26,7 +26,8 @@ import numpy as np
 from ultramae_monai.curation.dedup import DuplicateIndex
 from ultramae_monai.curation.deid import Hasher, resolve_salt
 from ultramae_monai.curation.options import CurationOptions
-from ultramae_monai.curation.quarantine import QuarantineEntry, append_quarantine
+from ultramae_monai.curation.quarantine import QuarantineEntry, append_failed_file, append_quarantine
+from ultramae_monai.curation.shard import OPTIONS_NAME, in_shard
 from ultramae_monai.curation.state import (
     STATUS_CURATED,
     STATUS_QUARANTINED,
@@ -37,13 +38,15 @@ from ultramae_monai.curation.state import (
 from ultramae_monai.curation.walk import SourceFile, find_sources
 from ultramae_monai.curation.worker import STAGES, FileResult, curate_file
 from ultramae_monai.data.manifest import ManifestRecord, append_records
+from ultramae_monai.errors import InvalidInputError
 
-__all__ = ["LOG_NAME", "MANIFEST_NAME", "SUMMARY_NAME", "CurationReport", "run_curation"]
+__all__ = ["LOG_NAME", "MANIFEST_NAME", "SUMMARY_NAME", "CurationReport", "run_curation", "summarise_manifest"]
 
 MANIFEST_NAME = "manifest.jsonl"
 LOG_NAME = "curate.log"
 SUMMARY_NAME = "summary.json"
 _CRASH = "the worker process died while reading this file (a crash or out-of-memory in a decoder)"
+FAILED_SHOWN = 20  # failed files named in the printed summary (all are in OUT/private/failed_files.jsonl)
 
 
 @dataclass
@@ -55,6 +58,8 @@ class CurationReport:
     curated: int = 0
     skipped_done: int = 0  # finished by an earlier run (curated, or quarantined and not retried)
     quarantined: int = 0
+    no_scan_region: int = 0  # of the quarantined: images without a detectable scan region (noise, photos)
+    failed: list[str] = field(default_factory=list)  # this run's failed files, relative to SRC (operator only)
     duplicates_dropped: int = 0
     samples_written: int = 0
     samples: dict[str, int] = field(default_factory=dict)  # whole set: still / cine / volume
@@ -68,10 +73,12 @@ class CurationReport:
         return (self.curated + self.quarantined) / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
-        """The end-of-run summary the command prints: counts only, never a name or path."""
+        """The end-of-run summary the command prints: counts, and the first failed files (paths relative to
+        SRC, for the operator's terminal: they never reach OUT's shared files or its log)."""
         lines = [
             f"files seen {self.files_seen} (ignored {self.files_ignored}) | curated {self.curated} | "
-            f"skipped as done {self.skipped_done} | quarantined {self.quarantined} | "
+            f"skipped as done {self.skipped_done} | quarantined {self.quarantined} "
+            f"(no scan region {self.no_scan_region}) | "
             f"near-duplicates dropped {self.duplicates_dropped} | {self.seconds:.1f} s "
             f"({self.files_per_second:.2f} files/s)",
             "set: " + (", ".join(f"{k} {v}" for k, v in sorted(self.samples.items())) or "empty"),
@@ -79,6 +86,11 @@ class CurationReport:
         for split, kinds in self.splits.items():
             per = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
             lines.append(f"  {split}: {per} ({self.patients.get(split, 0)} patients)")
+        if self.failed:
+            shown = self.failed[:FAILED_SHOWN]
+            more = f", first {len(shown)} shown" if len(self.failed) > len(shown) else ""
+            lines.append(f"failed files: {len(self.failed)}{more} (all in OUT/private/failed_files.jsonl):")
+            lines.extend(f"  {rel}" for rel in shown)
         return "\n".join(lines)
 
 
@@ -138,13 +150,13 @@ class _Run:
             if p:
                 (self.out / p).unlink(missing_ok=True)
 
-    def finish(self, res: FileResult) -> None:
+    def finish(self, res: FileResult, rel: str) -> None:
         for stage, s in res.seconds.items():
             self.stage[stage] = self.stage.get(stage, 0.0) + s
         for m in res.messages:
             self.log.warning("source %s: %s", res.source, m)
         if res.quarantine is not None:
-            self.quarantine(res.quarantine, res.fingerprint)
+            self.quarantine(res.quarantine, res.fingerprint, rel)
             return
         kept: list[ManifestRecord] = []
         dropped = res.dropped
@@ -162,14 +174,18 @@ class _Run:
         self.report.samples_written += len(kept)
         self.report.duplicates_dropped += dropped
 
-    def quarantine(self, entry: QuarantineEntry, fingerprint: str) -> None:
+    def quarantine(self, entry: QuarantineEntry, fingerprint: str, rel: str) -> None:
         append_quarantine([entry], self.out)
+        append_failed_file(self.out, rel, entry)
         self.state.mark(LedgerEntry(entry.source, fingerprint, STATUS_QUARANTINED))
         self.log.error("quarantined source %s (%s): %s: %s", entry.source, entry.suffix, entry.error, entry.cause)
         self.report.quarantined += 1
+        self.report.no_scan_region += entry.error == "NoScanRegionError"
+        self.report.failed.append(rel)
 
 
-def _summarise(report: CurationReport, manifest: Path) -> None:
+def summarise_manifest(manifest: Path) -> dict[str, dict]:
+    """Samples per kind, per split and kind, and patients per split, of a manifest."""
     kinds: Counter[str] = Counter()
     splits: dict[str, Counter[str]] = {}
     patients: dict[str, set[str]] = {}
@@ -180,9 +196,11 @@ def _summarise(report: CurationReport, manifest: Path) -> None:
             kinds[r.kind] += 1
             splits.setdefault(r.split, Counter())[r.kind] += 1
             patients.setdefault(r.split, set()).add(r.patient)
-    report.samples = dict(kinds)
-    report.splits = {s: dict(c) for s, c in sorted(splits.items())}
-    report.patients = {s: len(p) for s, p in sorted(patients.items())}
+    return {
+        "samples": dict(kinds),
+        "splits": {s: dict(c) for s, c in sorted(splits.items())},
+        "patients": {s: len(p) for s, p in sorted(patients.items())},
+    }
 
 
 def run_curation(
@@ -191,20 +209,36 @@ def run_curation(
     opts: CurationOptions | None = None,
     salt: str | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> CurationReport:
-    """Curate every supported file under ``src`` into ``out`` (see ``docs/curation.md``)."""
+    """Curate every supported file under ``src`` into ``out`` (see ``docs/curation.md``).
+
+    ``shard=(i, n)``: only the files whose relative path hashes to shard ``i`` of ``n``
+    (:func:`~ultramae_monai.curation.shard.in_shard`); ``ultramae curate-merge`` joins the shards' folders.
+    """
     from tqdm import tqdm
 
     opts = opts or CurationOptions()
     t0 = time.perf_counter()
+    sources, ignored = find_sources(src, opts.exclude)
+    if not sources:
+        raise InvalidInputError(f"no supported ultrasound files in the source folder ({ignored} other files)", src)
+    if shard is not None:
+        sources = [sf for sf in sources if in_shard(sf.rel, *shard)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     key = resolve_salt(out, salt)
     hasher = Hasher(key)
     run = _Run(out, opts, key)
-    sources, ignored = find_sources(src, opts.exclude)
+    (out / "state" / OPTIONS_NAME).write_text(json.dumps(asdict(opts), indent=2))
     run.report.files_seen, run.report.files_ignored = len(sources), ignored
-    run.log.info("run start: %d files (%d ignored), options %s", len(sources), ignored, json.dumps(asdict(opts)))
+    run.log.info(
+        "run start: %d files (%d ignored)%s, options %s",
+        len(sources),
+        ignored,
+        f", shard {shard[0]}/{shard[1]}" if shard else "",
+        json.dumps(asdict(opts)),
+    )
 
     todo: list[tuple[SourceFile, str]] = []
     redo: set[str] = set()
@@ -238,8 +272,8 @@ def run_curation(
                     done_set, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     for fut in done_set:
                         res = fut.result()  # raises BrokenProcessPool when a worker died
-                        del inflight[fut]
-                        run.finish(res)
+                        done_sf, _ = inflight.pop(fut)
+                        run.finish(res, done_sf.rel)
                         bar.update(1)
                         bar.set_postfix(curated=run.report.curated, quarantined=run.report.quarantined)
                     if isolated:
@@ -249,7 +283,7 @@ def run_curation(
                 if isolated:
                     for sf, fp in lost:
                         entry = QuarantineEntry(hasher(sf.rel, "source"), sf.path.suffix.lower(), "WorkerCrash", _CRASH)
-                        run.quarantine(entry, fp)
+                        run.quarantine(entry, fp, sf.rel)
                         bar.update(1)
                 else:
                     suspects.extend(lost)
@@ -259,8 +293,10 @@ def run_curation(
     report = run.report
     report.seconds = time.perf_counter() - t0
     report.stage_seconds = {k: round(v, 3) for k, v in run.stage.items()}
-    _summarise(report, run.manifest)
+    whole = summarise_manifest(run.manifest)
+    report.samples, report.splits, report.patients = whole["samples"], whole["splits"], whole["patients"]
     summary = {**asdict(report), "files_per_second": report.files_per_second}
+    summary["failed"] = len(report.failed)  # the paths go to the operator's private report only
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     run.log.info("run end: %s", json.dumps(summary))
     return report

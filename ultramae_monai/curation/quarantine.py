@@ -3,8 +3,12 @@
 A curation run over a PACS export meets truncated transfers, unsupported codecs and stray
 non-image files; each is recorded here and the run goes on. The report is inside the curated set,
 so it obeys the same rule as the manifest: no source path or name (they can carry PHI), only the
-salted source token, the file's suffix and a scrubbed cause. :func:`locate` maps tokens back to
-paths for the operator, who has the source tree and the salt anyway.
+salted source token, the file's suffix and a scrubbed cause.
+
+The operator must still find every failed file: each is also named, by its path relative to SRC, in
+``OUT/private/failed_files.jsonl`` (folder mode 0700, file 0600), the operator's own file, which is never
+shared with the curated set (file and folder names can carry PHI). :func:`locate` maps tokens back to paths
+too, given the source tree and the salt.
 """
 
 from __future__ import annotations
@@ -19,9 +23,22 @@ from pathlib import Path
 from ultramae_monai.curation.deid import Hasher, scrub
 from ultramae_monai.errors import UltraMAEError
 
-__all__ = ["QUARANTINE_NAME", "QuarantineEntry", "append_quarantine", "locate", "quarantine_entry", "read_quarantine"]
+__all__ = [
+    "FAILED_FILES_NAME",
+    "PRIVATE_DIR",
+    "QUARANTINE_NAME",
+    "QuarantineEntry",
+    "append_failed_file",
+    "append_quarantine",
+    "locate",
+    "quarantine_entry",
+    "read_failed_files",
+    "read_quarantine",
+]
 
 QUARANTINE_NAME = "quarantine.jsonl"
+PRIVATE_DIR = "private"  # the operator's own files: never part of the shared curated set
+FAILED_FILES_NAME = "failed_files.jsonl"
 
 
 @dataclass
@@ -54,6 +71,33 @@ def append_quarantine(entries: Iterable[QuarantineEntry], out: str | os.PathLike
             f.write(json.dumps(asdict(e)) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_failed_file(out: str | os.PathLike, rel: str, entry: QuarantineEntry) -> None:
+    """Name a failed file (path relative to SRC) with its cause in ``OUT/private/failed_files.jsonl``."""
+    folder = Path(out) / PRIVATE_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / FAILED_FILES_NAME
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"path": rel, "source": entry.source, "error": entry.error, "cause": entry.cause}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_failed_files(out: str | os.PathLike) -> list[dict[str, str]]:
+    """The private failed-file report (latest entry per path, in first-failure order)."""
+    path = Path(out) / PRIVATE_DIR / FAILED_FILES_NAME
+    if not path.is_file():
+        return []
+    rows: dict[str, dict[str, str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a kill
+        rows[row["path"]] = row
+    return list(rows.values())
 
 
 def read_quarantine(out: str | os.PathLike) -> list[QuarantineEntry]:

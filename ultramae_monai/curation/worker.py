@@ -30,7 +30,7 @@ from ultramae_monai.curation.walk import SOURCE_DICOM, SourceFile
 from ultramae_monai.curation.writer import ArrayWriter, fit_long_side, resize_spatial, to_storage
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, KIND_VOLUME, MetaKeys
 from ultramae_monai.data.manifest import ManifestRecord
-from ultramae_monai.errors import InvalidInputError
+from ultramae_monai.errors import InvalidInputError, NoScanRegionError
 
 __all__ = ["SAMPLES_DIR", "FileResult", "curate_file"]
 
@@ -103,11 +103,16 @@ def _fov_mask(x: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """Scan-region mask ``(H, W)`` of a still ``(C, H, W)`` or a cine ``(C, T, H, W)`` (all frames share one).
 
     DICOM ultrasound regions, when the reader found some, bound the search (burned-in text beside them).
+    Raises :class:`NoScanRegionError` for an image without one (noise, a photograph, a blank frame).
     """
-    from ultramae_monai.transforms.fov_detect import detect_fov_mask
+    from ultramae_monai.transforms.fov_detect import detect_fov_mask, scan_region_problem
     from ultramae_monai.transforms.scan_region import regions_from_meta
 
-    return torch.from_numpy(np.array(detect_fov_mask(x, regions=regions_from_meta(meta)), dtype=bool))
+    mask = np.array(detect_fov_mask(x, regions=regions_from_meta(meta)), dtype=bool)
+    problem = scan_region_problem(x, mask)
+    if problem is not None:
+        raise NoScanRegionError(problem)
+    return torch.from_numpy(mask)
 
 
 class _FileCurator:

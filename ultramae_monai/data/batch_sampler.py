@@ -37,6 +37,8 @@ class KindBatchSampler:
         shuffle: shuffle samples and batch order (evaluation uses ``False``).
         drop_last: drop each kind's last incomplete global batch (keeps shapes, and DDP ranks, in step).
         num_replicas, rank: DDP world size and this rank (``1, 0`` without DDP).
+        seeded: yield ``(index, aug_seed)`` keys (augmented items); False yields plain indices (evaluation: the
+            whole image, the first clip).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class KindBatchSampler:
         drop_last: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        seeded: bool = True,
     ) -> None:
         if batch_size < 1 or (clip_batch_size is not None and clip_batch_size < 1):
             raise ValueError("batch sizes must be >= 1")
@@ -64,6 +67,7 @@ class KindBatchSampler:
         self.drop_last = drop_last
         self.num_replicas = num_replicas
         self.rank = rank
+        self.seeded = seeded
         self.epoch = 0
         self.position = 0  # batches of this epoch already consumed by the training loop
 
@@ -92,7 +96,7 @@ class KindBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch, batch_number, 1])
         return rng.integers(0, 2**31 - 1, size=len(global_batch))
 
-    def __iter__(self) -> Iterator[list[SampleKey]]:
+    def __iter__(self) -> Iterator[list[SampleKey] | list[int]]:
         start = self.position  # read once: the loop may update ``position`` while workers prefetch
         for b, (_, gb) in enumerate(self._global_batches()):
             if b < start:
@@ -100,6 +104,9 @@ class KindBatchSampler:
             seeds = self._aug_seeds(gb, b)
             share = len(gb) // self.num_replicas
             sl = slice(self.rank * share, (self.rank + 1) * share)
+            if not self.seeded:
+                yield [int(i) for i in gb[sl]]
+                continue
             yield [(int(i), int(s)) for i, s in zip(gb[sl], seeds[sl], strict=True)]
 
     def __len__(self) -> int:

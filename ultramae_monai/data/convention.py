@@ -103,7 +103,11 @@ def make_metatensor(
     """Wrap a channel-first array with the convention's metadata filled in (float32)."""
     if kind not in LAYOUTS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(LAYOUTS)}")
-    t = torch.as_tensor(np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array)
+    if isinstance(array, np.ndarray):
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # Pillow's grey images are read-only views: torch warns on those
+            array = array.copy()
+    t = torch.as_tensor(array)
     if t.ndim != len(LAYOUTS[kind]):
         raise ValueError(f"{kind} arrays are {LAYOUTS[kind]}, got shape {tuple(t.shape)}")
     t = t.to(torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,12 @@ import pydicom
 from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+try:
+    from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+except ImportError:  # pydicom 2.x (the MONAI Label environment, scripts/venv_label.sh): whole-dataset decoding
+    from ultramae_monai.data.dicom_pydicom2 import apply_color_lut, convert_color_space, get_decoder
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, make_metatensor
 from ultramae_monai.data.frame_selection import frames_of_file
@@ -66,6 +71,22 @@ def is_dicom_file(path: str | PathLike) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def _why_no_image(path: Path) -> str:
+    """Why a file parsed as DICOM holds no image: cut off (in the header or the pixel data), or not DICOM."""
+    size = path.stat().st_size
+    if not is_dicom_file(path):
+        return "not a DICOM file (no DICM preamble, no image dataset)"
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return f"truncated or corrupt DICOM: the header cannot be parsed ({size} bytes, DICM preamble present)"
+    if "Rows" in header and "Columns" in header:
+        return f"truncated DICOM: the pixel data is cut off ({size} bytes; the header is complete)"
+    if len(header) == 0:
+        return f"truncated DICOM: the file ends after the preamble ({size} bytes)"
+    return f"truncated DICOM, or not an image object: no Rows/Columns in the header ({size} bytes)"
+
+
 def _open(path: str | PathLike) -> Dataset:
     """Parse the header; pixel data stays on disk until the frames are picked (``defer_size``)."""
     p = existing_file(path)
@@ -77,7 +98,7 @@ def _open(path: str | PathLike) -> Dataset:
     except Exception as e:  # pydicom raises bare struct/EOF/Value errors on truncated or corrupt headers
         raise UnreadableFileError(f"corrupt or truncated DICOM header ({type(e).__name__}: {e})", p) from e
     if "Rows" not in ds or "Columns" not in ds:
-        raise UnreadableFileError("not a DICOM file (no DICM preamble, no image dataset)", p)
+        raise UnreadableFileError(_why_no_image(p), p)
     if "TransferSyntaxUID" not in getattr(
         ds, "file_meta", {}
     ):  # a bare dataset is uncompressed, in the encoding it was parsed with
@@ -202,7 +223,8 @@ def _decoder(ds: Dataset, path: str | PathLike) -> Any:
 def _decode(ds: Dataset, path: str | PathLike, indices: np.ndarray) -> tuple[np.ndarray, str]:
     """Decode only the frames ``indices`` (sorted, unique): ``(T, H, W[, 3])`` and the decoded colour space."""
     if "PixelData" not in ds:
-        raise UnreadableFileError("no pixel data", path)
+        size = Path(path).stat().st_size
+        raise UnreadableFileError(f"no pixel data (the file ends after the header at {size} bytes: truncated?)", path)
     decoder = _decoder(ds, path)
     frames, photometric = [], str(ds.get("PhotometricInterpretation", ""))
     try:
@@ -212,6 +234,8 @@ def _decode(ds: Dataset, path: str | PathLike, indices: np.ndarray) -> tuple[np.
     except UltraMAEError:
         raise
     except Exception as e:  # every pydicom / plugin failure: truncated pixel data, corrupt codestream, ...
+        if "less than expected" in str(e) or isinstance(e, EOFError):
+            raise UnreadableFileError(f"truncated DICOM: the pixel data is cut off ({e})", path) from e
         raise UnreadableFileError(f"cannot decode pixel data ({type(e).__name__}: {e})", path) from e
     return np.stack(frames), photometric
 

@@ -60,7 +60,7 @@ def random_resized_box(
 
 
 class ManifestDataset(torch.utils.data.Dataset):
-    """Stills and clips of a curated manifest as ``{"image", "fov_mask", "kind"[, "confidence"]}`` dicts.
+    """Stills and clips of a curated manifest as ``{"image", "fov_mask", "kind"[, "confidence", "seed"]}`` dicts.
 
     Items are indexed by ``(index, aug_seed)`` (what :class:`KindBatchSampler` yields) or by a plain
     ``index`` (no augmentation: whole image, first clip). Images come out float32 in ``[0, 1]``,
@@ -116,13 +116,16 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.load_confidence = load_confidence
         self.transform = transform
-        records = read_manifest(self.manifest, split=split)
+        if not self.manifest.is_file():
+            raise UnreadableFileError(f"manifest not found: {self.manifest}")
+        everything = read_manifest(self.manifest)
+        records = [r for r in everything if split is None or r.split == split]
         self.records: list[ManifestRecord] = [r for r in records if r.kind in kinds]
         skipped = len(records) - len(self.records)
         if skipped:
             logger.info("%s: left out %d records whose kind is not in %s", self.manifest, skipped, list(kinds))
         if not self.records and not allow_empty:
-            raise InvalidInputError(f"no {'/'.join(kinds)} records in split {split!r}", self.manifest)
+            raise InvalidInputError(self._empty_split(everything, split, kinds))
         self._check_clip_lengths()
         if load_confidence:
             missing = [r.path for r in self.records if not r.confidence]
@@ -132,6 +135,18 @@ class ManifestDataset(torch.utils.data.Dataset):
                     "curate with confidence maps or choose a target that needs none",
                     self.manifest,
                 )
+
+    @staticmethod
+    def _empty_split(records: list[ManifestRecord], split: str | None, kinds: Sequence[str]) -> str:
+        usable = [r for r in records if r.kind in kinds]
+        what = " or ".join(kinds)
+        if not usable:
+            return f"no {what} records in the manifest ({len(records)} records of other kinds)"
+        elsewhere = sorted({str(r.split) for r in usable})
+        return (
+            f"no {what} records in split {split!r} ({len(usable)} records, all in {' / '.join(map(repr, elsewhere))}): "
+            "lower val_fraction or add patients"
+        )
 
     @property
     def clip_span(self) -> int:
@@ -214,6 +229,8 @@ class ManifestDataset(torch.utils.data.Dataset):
         image = self._resize(self._channels(self._window(img, frames, box), rec.path), "bilinear")
         image = image.div_(255.0) if img.dtype == np.uint8 else image
         out: dict[str, Any] = {"kind": rec.kind}
+        if seed is not None:
+            out["seed"] = seed  # the sample's own randomness (e.g. its mask), whatever batch or rank it lands in
         out["image"] = image.transpose(0, 1).contiguous() if is_clip else image[0]
         if rec.fov_mask:
             fov = self._resize(self._window(self._open(rec.fov_mask, 3), None, box), "nearest")[0] > 0

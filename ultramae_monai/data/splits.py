@@ -115,8 +115,8 @@ def finetune_datalists(
         split = grouped_split(items, val_fraction, test_fraction, split_seed)
     if not split["train"]:
         raise InvalidInputError("no training items after the split (too few images)", dataset_dir)
+    all_items = split["train"] + split["val"] + split["test"]
     if not split["val"]:
         split["val"] = list(split["train"])  # tiny sets: validate on the training items rather than on nothing
-    all_items = split["train"] + split["val"] + split["test"]
     split["train"] = label_fraction_subset(split["train"], label_fraction, seed)
     return {**split, "all": all_items, "class_names": list(names), "layout": layout}

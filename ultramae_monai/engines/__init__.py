@@ -1,6 +1,13 @@
-"""ultramae_monai.engines: the pretraining loop and its parts (optimiser, checkpoints, RNG, DDP, previews)."""
+"""ultramae_monai.engines: the pretraining step and handlers for MONAI engines (optimiser, checkpoints, RNG, DDP)."""
 
-from ultramae_monai.engines.checkpoint import CheckpointManager, atomic_save
+from ultramae_monai.engines.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointManager,
+    atomic_save,
+    export_encoder,
+    latest_checkpoint,
+    pretrain_meta,
+)
 from ultramae_monai.engines.distributed import (
     all_gather_objects,
     cleanup_distributed,
@@ -10,44 +17,88 @@ from ultramae_monai.engines.distributed import (
     is_main_process,
     rank,
     world_size,
+    wrap_ddp,
 )
 from ultramae_monai.engines.finetune import (
+    class_weights,
     default_checkpoint,
+    encoder_options,
     init_encoder,
     intensity_of,
     load_network_weights,
     prepare_data,
+    pretrained_architecture,
     read_settings,
     write_settings,
 )
+from ultramae_monai.engines.handlers import (
+    FAULT_KILL_ENV,
+    KindSamplerHandler,
+    MetricsLogger,
+    PretrainCheckpoint,
+    ReconstructionPreview,
+    StopAtStep,
+)
 from ultramae_monai.engines.layer_decay import layer_decay_param_groups
-from ultramae_monai.engines.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups, scaled_lr
+from ultramae_monai.engines.mae_step import (
+    DistributedMaskedLoss,
+    MAEEvalIteration,
+    MAEIteration,
+    NonFiniteLossError,
+    device_confidence,
+    mask_noise,
+    unwrap,
+)
+from ultramae_monai.engines.optim import (
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    scaled_lr,
+    warmup_steps,
+)
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
 from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state, seed_everything
-from ultramae_monai.engines.trainer import NonFiniteLossError, PretrainTrainer
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "FAULT_KILL_ENV",
     "CheckpointManager",
+    "DistributedMaskedLoss",
+    "KindSamplerHandler",
+    "MAEEvalIteration",
+    "MAEIteration",
+    "MetricsLogger",
     "NonFiniteLossError",
-    "PretrainTrainer",
+    "PretrainCheckpoint",
+    "ReconstructionPreview",
+    "StopAtStep",
     "WarmupCosine",
     "all_gather_objects",
     "atomic_save",
     "build_optimizer",
     "build_scheduler",
     "capture_rng_state",
+    "class_weights",
     "cleanup_distributed",
     "default_checkpoint",
+    "device_confidence",
     "distributed_device",
+    "encoder_options",
+    "export_encoder",
     "init_distributed",
     "init_encoder",
     "intensity_of",
     "is_distributed",
     "is_main_process",
+    "latest_checkpoint",
     "layer_decay_param_groups",
     "load_network_weights",
+    "mask_noise",
     "param_groups",
     "prepare_data",
+    "pretrain_meta",
+    "pretrained_architecture",
     "rank",
     "read_settings",
     "reconstruction_grid",
@@ -55,6 +106,9 @@ __all__ = [
     "save_grid_png",
     "scaled_lr",
     "seed_everything",
+    "unwrap",
+    "warmup_steps",
     "world_size",
+    "wrap_ddp",
     "write_settings",
 ]

@@ -19,7 +19,14 @@ import torch
 
 from ultramae_monai.errors import UnreadableFileError
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "atomic_save", "pretrain_meta"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointManager",
+    "atomic_save",
+    "export_encoder",
+    "latest_checkpoint",
+    "pretrain_meta",
+]
 
 CHECKPOINT_FORMAT = {"format": "ultramae-pretrain", "version": 1}
 
@@ -131,3 +138,32 @@ class CheckpointManager:
         self.best_metric = state.get("best_metric")
         logger.info("resuming from %s (step %s)", target, state.get("step"))
         return state
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
+    """The newest complete checkpoint of a pretraining run's ``output_dir`` (an error naming the folder if none)."""
+    found = CheckpointManager(Path(output_dir) / "checkpoints").latest()
+    if found is None:
+        raise UnreadableFileError(f"no pretraining checkpoint in {Path(output_dir) / 'checkpoints'}")
+    return found
+
+
+def export_encoder(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write ``{"encoder": encoder state dict (no prefix), "meta": the checkpoint's meta}`` (contract 1), atomically.
+
+    Returns ``path``. The checkpoint is read with ``weights_only=True``; one without ``meta`` is refused.
+    """
+    source = Path(checkpoint)
+    if not source.is_file():
+        raise UnreadableFileError(f"checkpoint not found: {source}")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise UnreadableFileError(f"cannot load checkpoint ({err})", source) from err
+    if "network" not in state or state.get("meta", {}).get("format") != CHECKPOINT_FORMAT["format"]:
+        raise UnreadableFileError("not an UltraMAE pretraining checkpoint (no network/meta)", source)
+    encoder = {k[len("encoder.") :]: v for k, v in state["network"].items() if k.startswith("encoder.")}
+    out = Path(path)
+    atomic_save({"encoder": encoder, "meta": state["meta"]}, out)
+    logger.info("encoder of %s (%d tensors) exported to %s", source, len(encoder), out)
+    return out

@@ -24,6 +24,7 @@ __all__ = [
     "is_main_process",
     "rank",
     "world_size",
+    "wrap_ddp",
 ]
 
 
@@ -90,3 +91,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def wrap_ddp(module: torch.nn.Module, find_unused_parameters: bool = True) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` under torchrun, the module itself otherwise.
+
+    ``find_unused_parameters``: stills and clips take different paths through the patch embedding.
+    """
+    if not is_distributed():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(module.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)

@@ -32,12 +32,15 @@ from ultramae_monai.networks.pretrained import encoder_meta, is_scratch, load_pr
 __all__ = [
     "DEFAULT_INTENSITY",
     "SETTINGS_NAME",
+    "class_weights",
     "default_checkpoint",
+    "encoder_options",
     "exit_on_input_error",
     "init_encoder",
     "intensity_of",
     "load_network_weights",
     "prepare_data",
+    "pretrained_architecture",
     "read_settings",
     "write_settings",
 ]
@@ -87,12 +90,43 @@ def init_encoder(network: nn.Module, pretrained: str | os.PathLike | None) -> st
     return text
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_meta(path: str, mtime: float) -> dict[str, Any]:
+    return encoder_meta(path)
+
+
+def _meta(pretrained: str | os.PathLike | None) -> dict[str, Any]:
+    if is_scratch(pretrained):
+        return {}
+    p = Path(pretrained)  # type: ignore[arg-type]
+    return exit_on_input_error(_cached_meta)(str(p), p.stat().st_mtime if p.exists() else 0.0)
+
+
+def pretrained_architecture(pretrained: str | os.PathLike | None) -> dict[str, Any]:
+    """The encoder kwargs a pretraining checkpoint records (``preset``, ``tubelet``, ...); ``{}`` for scratch.
+
+    Configs default ``preset`` and ``tubelet`` to these, so ``--pretrained PATH`` alone builds a matching encoder.
+    """
+    return dict(_meta(pretrained).get("architecture") or {})
+
+
+ENCODER_OPTIONS = ("mlp_ratio", "qkv_bias", "cls_token", "norm_eps")  # size comes from the preset
+
+
+def encoder_options(pretrained: str | os.PathLike | None, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Encoder kwargs beyond preset and tubelet that a checkpoint needs (e.g. MONAI MAE: no qkv bias, a class
+    token, eps 1e-5): a training run's settings, else what the pretraining checkpoint records or implies."""
+    if settings and "encoder_options" in settings:
+        return dict(settings["encoder_options"])
+    arch = pretrained_architecture(pretrained)
+    return {k: arch[k] for k in ENCODER_OPTIONS if arch.get(k) is not None}
+
+
 def intensity_of(pretrained: str | os.PathLike | None, settings: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Intensity mean/std: a training run's settings, else the pretraining checkpoint's meta, else the default."""
     if settings and "intensity" in settings:
         return dict(settings["intensity"])
-    meta = {} if is_scratch(pretrained) else exit_on_input_error(encoder_meta)(pretrained)
-    stats = meta.get("intensity") or {}
+    stats = _meta(pretrained).get("intensity") or {}
     return {
         "mean": float(stats.get("mean", DEFAULT_INTENSITY["mean"])),
         "std": float(stats.get("std", DEFAULT_INTENSITY["std"])),
@@ -145,3 +179,12 @@ def load_network_weights(network: nn.Module, ckpt: str | os.PathLike) -> nn.Modu
         raise IncompatibleCheckpointError(f"checkpoint of another architecture: {detail.strip()}", path)
     network.load_state_dict({k: state[k] for k in own}, strict=True)
     return network
+
+
+def class_weights(items: list[dict[str, Any]], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights for cross-entropy, normalised to mean 1 (a class absent from ``items`` gets 1)."""
+    counts = torch.zeros(num_classes)
+    for it in items:
+        counts[int(it["label"])] += 1
+    weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.ones(num_classes))
+    return weights / weights.mean()

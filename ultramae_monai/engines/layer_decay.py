@@ -37,6 +37,7 @@ def layer_decay_param_groups(
     ``freeze_encoder`` (linear probing) turns the encoder's gradients off and leaves it out of the optimiser.
     Each group carries ``lr_scale`` too, the factor applied to ``lr``.
     """
+    model = getattr(model, "module", model)  # DistributedDataParallel
     encoder = getattr(model, "encoder", None)
     depth = int(getattr(encoder, "depth", 0))
     if freeze_encoder and encoder is not None:

@@ -13,7 +13,15 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["WarmupCosine", "build_optimizer", "build_scheduler", "no_decay", "param_groups", "scaled_lr"]
+__all__ = [
+    "WarmupCosine",
+    "build_optimizer",
+    "build_scheduler",
+    "no_decay",
+    "param_groups",
+    "scaled_lr",
+    "warmup_steps",
+]
 
 _NO_DECAY_NAMES = ("pos_embed", "token", "bias")  # "token": cls_token, mask_token, ...
 
@@ -72,6 +80,15 @@ class WarmupCosine:
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int, max_fraction: float = 0.1) -> int:
+    """Warm-up length in steps: ``warmup_epochs`` epochs, but at most ``max_fraction`` of the run.
+
+    MAE's 40 of 400 epochs is 10 %: a long run is unchanged, and a short run (``max_epochs 2`` on a laptop) warms
+    up over 10 % of its steps instead of never leaving warm-up.
+    """
+    return max(0, min(round(warmup_epochs * steps_per_epoch), int(max_fraction * total_steps)))
 
 
 def build_scheduler(

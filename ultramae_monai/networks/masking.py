@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ultramae_monai.errors import InvalidInputError
 
-__all__ = ["MaskSample", "sample_mask", "token_confidence", "token_validity", "visible_count"]
+__all__ = ["MaskSample", "mask_slots", "sample_mask", "token_confidence", "token_validity", "visible_count"]
 
 
 @dataclass
@@ -82,6 +82,12 @@ def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Gene
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
+def mask_slots(grid: tuple[int, int, int], tube: bool) -> int:
+    """Positions one mask draws over: ``H' W'`` with tube masking (repeated over time), else every token."""
+    t, h, w = grid
+    return h * w if tube else t * h * w
+
+
 def visible_count(num_tokens: int, ratio: float) -> int:
     """Tokens kept visible out of ``num_tokens``: ``int(num_tokens * (1 - ratio))`` as MAE's ``len_keep``, at least 1."""
     return max(1, int(num_tokens * (1.0 - ratio)))
@@ -96,6 +102,7 @@ def sample_mask(
     weights: torch.Tensor | None = None,
     tube: bool = False,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> MaskSample:
     """Draw one mask per sample over the ``T' x H' x W'`` grid.
 
@@ -107,6 +114,9 @@ def sample_mask(
         weights: ``(B, N)`` non-negative sampling weights for *visible* tokens (None = uniform).
         tube: share one spatial pattern across the ``T'`` slots (video tube masking).
         generator: source of randomness, for reproducible masks.
+        noise: ``(B, S)`` uniform noise in ``[0, 1)`` to use instead of drawing it (MAE's ``noise``), ``S`` =
+            :func:`mask_slots`; e.g. drawn per sample from its own seed, so a sample's mask does not depend on
+            the batch or the rank it lands in.
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
@@ -114,14 +124,18 @@ def sample_mask(
     t, h, w = grid
     n = t * h * w
     # with tubes the draw happens over the H'W' spatial positions and is repeated over time
-    slots, reps = (h * w, t) if tube else (n, 1)
+    slots, reps = mask_slots(grid, tube), (t if tube else 1)
 
     def per_slot(v: torch.Tensor, reduce: str) -> torch.Tensor:
         v = v.reshape(batch, reps, slots)
         return v.all(dim=1) if reduce == "all" else v.float().mean(dim=1)
 
     slot_valid = None if valid is None else per_slot(valid.to(device), "all")
-    keys = -torch.log(_uniform((batch, slots), device, generator).clamp_min(1e-12))  # Exp(1) keys
+    if noise is None:
+        noise = _uniform((batch, slots), device, generator)
+    elif tuple(noise.shape) != (batch, slots):
+        raise InvalidInputError(f"mask noise of shape {tuple(noise.shape)}, expected {(batch, slots)}")
+    keys = -torch.log(noise.to(device).clamp_min(1e-12))  # Exp(1) keys
     if weights is not None:
         keys = keys / per_slot(weights.to(device), "mean").clamp_min(1e-6)
     if slot_valid is None:

@@ -109,6 +109,34 @@ def _infer_architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return arch
 
 
+def _foreign_architecture(sd: Mapping[str, torch.Tensor], fmt: str) -> dict[str, Any]:
+    """Encoder kwargs that reproduce an MAE-layout or MONAI MAE encoder (heads are not visible in shapes).
+
+    MONAI's ViT blocks have no qkv bias and LayerNorm eps 1e-5, MAE's have both a bias and eps 1e-6; both put a
+    class token first. The tubelet keeps the checkpoint's patch, 2 frames deep for clips.
+    """
+    monai = fmt == FORMAT_MONAI_MAE
+    kernel = sd.get("patch_embedding.patch_embeddings.weight" if monai else "patch_embed.proj.weight")
+    if kernel is None:
+        return {}
+    fc1 = "blocks.0.mlp.linear1.weight" if monai else "blocks.0.mlp.fc1.weight"
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 - (1 if monai and f"blocks.{max(blocks)}.weight" in sd else 0) if blocks else None
+    p = int(kernel.shape[-1])
+    arch: dict[str, Any] = {
+        "embed_dim": int(kernel.shape[0]),
+        "tubelet": [p if monai and kernel.ndim == 5 else 2, p, p],
+        "cls_token": "cls_token" in sd,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+        "norm_eps": 1e-5 if monai else 1e-6,
+    }
+    if depth:
+        arch["depth"] = depth
+    if fc1 in sd:
+        arch["mlp_ratio"] = sd[fc1].shape[0] / kernel.shape[0]
+    return arch
+
+
 def load_encoder_state(
     source: str | PathLike | Mapping[str, Any],
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -146,6 +174,8 @@ def load_encoder_state(
     meta["format"] = fmt
     if fmt == FORMAT_ULTRAMAE:
         meta["architecture"] = {**_infer_architecture(state), **dict(meta.get("architecture") or {})}
+    else:
+        meta["architecture"] = _foreign_architecture(state, fmt)
     return state, meta
 
 

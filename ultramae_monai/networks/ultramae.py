@@ -36,9 +36,10 @@ from ultramae_monai.networks.layout import (
     patchify_input,
     resolve_kind,
     to_frames,
+    token_grid,
     unpatchify_input,
 )
-from ultramae_monai.networks.masking import MaskSample, sample_mask, token_confidence, token_validity
+from ultramae_monai.networks.masking import MaskSample, mask_slots, sample_mask, token_confidence, token_validity
 from ultramae_monai.networks.pos_embed import SpatioTemporalPosEmbed
 from ultramae_monai.networks.presets import pretraining_recipe
 from ultramae_monai.networks.tubelet_vit import Block, UltraMAEEncoder, init_vit_weights
@@ -224,6 +225,11 @@ class UltraMAE(nn.Module):
         """Tokens -> a batch in the package layout (a still's ``t`` frames averaged into one image)."""
         return unpatchify_input(tokens, grid, kind, self.tubelet, self.encoder.in_channels)
 
+    def mask_slots(self, x: torch.Tensor, kind: str | None = None) -> int:
+        """Length of one sample's mask noise for a batch like ``x`` (see ``noise`` in :meth:`forward`)."""
+        kind = resolve_kind(x, kind)
+        return mask_slots(token_grid(x.shape, kind, self.tubelet), kind == KIND_CINE and self.tube_masking)
+
     def random_masking(
         self,
         x: torch.Tensor,
@@ -232,6 +238,7 @@ class UltraMAE(nn.Module):
         confidence: torch.Tensor | None,
         fov_mask: torch.Tensor | None,
         generator: torch.Generator | None,
+        noise: torch.Tensor | None = None,
     ) -> MaskSample:
         """Per-sample masks (:func:`~.masking.sample_mask`): tube masking for clips, FOV-aware, confidence-weighted."""
         b, n = x.shape[0], grid[0] * grid[1] * grid[2]
@@ -254,6 +261,7 @@ class UltraMAE(nn.Module):
             weights=weights,
             tube=video and self.tube_masking,
             generator=generator,
+            noise=noise,
         )
         if valid is not None and not self.fov_masking:
             masks.valid = valid  # uniform masking; the FOV still decides what the loss counts
@@ -319,6 +327,7 @@ class UltraMAE(nn.Module):
         fov_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         kind: str | None = None,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """One masked-autoencoding pass.
 
@@ -329,6 +338,7 @@ class UltraMAE(nn.Module):
                 confidence-weighted sampling).
             fov_mask: ``(B, 1, H, W)`` bool scan region, or None.
             generator: randomness of the mask, for reproducible runs.
+            noise: ``(B, mask_slots)`` uniform mask noise instead of drawing it (MAE's ``noise``).
 
         Returns:
             ``loss`` (scalar), ``pred`` and ``target`` ``(B, N, P)``, ``mask`` ``(B, N)`` (1 = reconstructed
@@ -348,7 +358,7 @@ class UltraMAE(nn.Module):
         if self.target in TARGETS_NEEDING_CONFIDENCE and confidence is None:
             raise InvalidInputError(NEEDS_CONFIDENCE.format(target=self.target))
         latent, masks, grid = self.forward_encoder(
-            x, kind, lambda grid: self.random_masking(x, kind, grid, confidence, fov_mask, generator)
+            x, kind, lambda grid: self.random_masking(x, kind, grid, confidence, fov_mask, generator, noise)
         )
         pred = self.forward_decoder(latent, masks.ids_restore, grid, masks.keep_valid)
         target = self.forward_target(x, kind, confidence)
