@@ -14,37 +14,54 @@ import pytest
 import torch
 from PIL import Image
 
-from ultramae_monai.demo import DemoSettings, reconstruction_score, run_demo
+from ultramae_monai.cli import main
+from ultramae_monai.demo import reconstruction_score
 from ultramae_monai.demo.samples import hc18_cases, sample_dicoms, write_us_dicom
 from ultramae_monai.networks import UltraMAE
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("demo")
-    settings = DemoSettings(pretrain_steps=300, finetune_steps=16, curate_max_side=96, deploy=False)
-    return out, run_demo(out, settings)
+    """The README's command, shortened: 300 pretraining and 24 fine-tuning steps, no deploy app."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    argv = ["demo", str(out), "--steps", "300", "--finetune_steps", "24", "--deploy", "false"]
+    assert main(argv) == 0
+    return out, json.loads((out / "summary.json").read_text())
 
 
 def test_demo_learns_and_writes_pictures(demo_run: tuple[Path, dict]) -> None:
     out, summary = demo_run
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["reconstruction"]["ratio"] == pytest.approx(summary["reconstruction"]["ratio"])
     rec = summary["reconstruction"]
-    assert rec["ratio"] < 1.0, rec  # learned more than the image's visible mean
+    assert rec["ratio"] < 1.0, rec  # learned more than the image's visible mean, on held-out images
     assert rec["ratio"] < rec["ratio_before_training"]
     assert rec["heldout"]["images"] == 8 and rec["heldout"]["masked_tokens"] > 0
     assert summary["pretrain"]["step"] == 300 and np.isfinite(summary["pretrain"]["loss"])
+    assert Path(summary["pretrain"]["checkpoint"]).is_file()
     assert "quarantined 0" in summary["curate"]
     assert len(summary["data"]["hc18_heldout_images"]) == 8
     for ex in summary["confidence_maps"]["examples"]:  # confidence falls with depth on every example
         assert ex["top_quarter_mean"] > ex["bottom_quarter_mean"]
+    seg = summary["segmentation"]
+    assert seg["iterations"] >= 24 and len(seg["dice_per_case"]) == 8
+    assert 0.3 < seg["dice"] <= 1.0  # the overlay lands on the head even after a short fine-tune
+    assert (out / "segmentation_bundle" / "models" / "model.pt").is_file()
+    assert summary["deploy"]["status"] == "skipped: disabled"
     html = (out / "index.html").read_text()
     pictures = sorted(p.name for p in out.glob("*.png"))
-    assert pictures and all(name in html for name in pictures)
+    assert len(pictures) == 5 and all(name in html for name in pictures)
     for name in pictures:
         img = np.asarray(Image.open(out / name).convert("L"), dtype=np.float64)
         assert img.std() > 10, name  # not blank
+
+
+def test_deploy_stage_says_how_to_enable_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ultramae_monai.demo import deploy_run
+
+    monkeypatch.setenv("ULTRAMAE_DEPLOY_PYTHON", str(tmp_path / "missing" / "python"))
+    lines: list[str] = []
+    result = deploy_run.run_deploy_app(tmp_path, hc18_cases()[0], tmp_path / "d", tmp_path / "f.png", say=lines.append)
+    assert result["status"] == "skipped: .venv-deploy not installed"
+    assert "scripts/venv_deploy.sh" in lines[0] and not (tmp_path / "d").exists()
 
 
 def test_reconstruction_score_baseline_is_one_for_mean_predictor() -> None:

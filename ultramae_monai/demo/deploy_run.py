@@ -73,5 +73,25 @@ def run_deploy_app(
             height=200,
         )
         result["figure"] = figure.name
+    segs = [dst / p for p in outputs if p.endswith(".dcm")]
+    if segs:
+        result["dicom_seg"] = segs[0].relative_to(dst).as_posix()
+        result["dicom_seg_dice"] = _seg_dice(segs[0], truth)
+        say(f"DICOM SEG {segs[0].name}: Dice against the HC18 reference {result['dicom_seg_dice']:.3f}")
     say(f"the app wrote {len(outputs)} files: {', '.join(outputs[:4])}{' ...' if len(outputs) > 4 else ''}")
     return result
+
+
+def _seg_dice(path: Path, truth: np.ndarray) -> float | None:
+    """Dice of the app's DICOM SEG (first segment, first frame) against the reference mask; None if unreadable."""
+    import pydicom
+
+    try:
+        seg = np.asarray(pydicom.dcmread(path).pixel_array)
+    except Exception:  # a SEG this pydicom cannot decode: the overlay picture still shows the result
+        return None
+    mask = (seg[0] if seg.ndim == 3 else seg) > 0
+    if mask.shape != truth.shape:
+        return None
+    total = mask.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (mask & truth).sum() / total)

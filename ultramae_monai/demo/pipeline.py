@@ -296,12 +296,14 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         held["intensity"] = (float(parser["intensity_mean"]), float(parser["intensity_std"]))
         before = reconstruction_score(model, held["image"], held["fov_mask"])
         progress.say(f"held-out reconstruction error / mean-of-visible baseline before training: {before.ratio:.3f}")
-        result = parser.get_parsed_content("trainer").run()
+        trainer = parser.get_parsed_content("train#trainer")
+        trainer.run()
         after = reconstruction_score(model, held["image"], held["fov_mask"])
         progress.say(f"held-out reconstruction error / mean-of-visible baseline after training: {after.ratio:.3f}")
         summary["pretrain"] = {
             "train_stills": _train_stills(out / "curated"),
-            **{k: v for k, v in result.items() if isinstance(v, (int, float, str))},
+            "step": int(trainer.state.iteration),
+            "loss": float(trainer.state.output["loss"]),
             "checkpoint": str(_latest_checkpoint(out / "pretrain")),
         }
         summary["reconstruction"] = {
@@ -356,7 +358,7 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         from ultramae_monai.demo.deploy_run import run_deploy_app
 
         summary["deploy"] = run_deploy_app(
-            bundle, held_cases[0], out / "deploy", out / "6_deploy.png", enabled=settings.deploy, say=progress.say
+            bundle, held_cases[2], out / "deploy", out / "6_deploy.png", enabled=settings.deploy, say=progress.say
         )
         if summary["deploy"].get("figure"):
             figs["deploy app: DICOM in, segmentation out"] = summary["deploy"]["figure"]

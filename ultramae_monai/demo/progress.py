@@ -41,12 +41,16 @@ class Progress:
         old_level = log.level
         log.addHandler(self._handler)
         log.setLevel(logging.INFO)
+        stats = logging.getLogger("monai.handlers.StatsHandler")  # the bundles' per-iteration lines: the demo
+        old_stats = stats.level  # prints its own, fewer
+        stats.setLevel(logging.WARNING)
         t0 = time.perf_counter()
         try:
             yield
         finally:
             log.removeHandler(self._handler)
             log.setLevel(old_level)
+            stats.setLevel(old_stats)
             self.seconds[name] = round(time.perf_counter() - t0, 1)
             total = time.perf_counter() - self._t0
             print(f"      done in {self.seconds[name]:.0f} s ({total:.0f} s so far)", file=self.stream, flush=True)

@@ -8,7 +8,6 @@ which is what the deploy app and MONAI Label load.
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 from collections.abc import Callable, Sequence
@@ -96,13 +95,7 @@ def finetune_segmentation(
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, on_iteration)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, on_validation)
-    stats_log = logging.getLogger("monai.handlers.StatsHandler")  # the bundle's per-iteration lines
-    level = stats_log.level
-    stats_log.setLevel(logging.WARNING)  # the demo prints its own, fewer
-    try:
-        trainer.run()
-    finally:
-        stats_log.setLevel(level)
+    trainer.run()
     say(f"validation Dice after fine-tuning: {val_dice[-1][1]:.3f}" if val_dice else "no validation ran")
     return {
         "train_images": len(data["train"]),
