@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,26 @@ __all__ = ["ENABLE_HINT", "deploy_python", "run_deploy_app"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ENABLE_HINT = "bash scripts/venv_deploy.sh (once; ~4 GB), then run the demo again"
+BUILD_STATUS_ENV = "ULTRAMAE_DEPLOY_BUILD_STATUS"
+
+
+def _wait_for_build(say: Callable[[str], None], wait_s: float | None = None) -> bool:
+    """When ``scripts/demo.sh`` builds ``.venv-deploy`` in the background, wait for it; False if it failed.
+
+    The script names a status file in ``$ULTRAMAE_DEPLOY_BUILD_STATUS`` that appears, holding the build's exit
+    code, when the build ends. Without that variable there is nothing to wait for.
+    """
+    status = os.environ.get(BUILD_STATUS_ENV)
+    if not status:
+        return True
+    path = Path(status)
+    limit = float(os.environ.get("ULTRAMAE_DEPLOY_WAIT", "300")) if wait_s is None else wait_s
+    if not path.exists():
+        say(f"waiting (at most {limit:.0f} s) for .venv-deploy, being built in the background ...")
+    t0 = time.monotonic()
+    while not path.exists() and time.monotonic() - t0 < limit:
+        time.sleep(2.0)
+    return path.exists() and path.read_text().strip() == "0"
 
 
 def deploy_python() -> Path | None:
@@ -45,6 +66,12 @@ def run_deploy_app(
     if not enabled:
         say("skipped (deploy disabled)")
         return {"status": "skipped: disabled"}
+    if not _wait_for_build(say):
+        status = os.environ.get(BUILD_STATUS_ENV, "")
+        say(
+            f"skipped: building .venv-deploy failed or did not finish in time (log: {status}.log). To enable: {ENABLE_HINT}"
+        )
+        return {"status": "skipped: .venv-deploy build failed or unfinished", "enable": ENABLE_HINT}
     python = deploy_python()
     if python is None:
         say(f"skipped: the deploy app's environment .venv-deploy is not installed. To enable: {ENABLE_HINT}")

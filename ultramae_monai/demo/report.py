@@ -31,7 +31,12 @@ def _headline(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("segmentation Dice (held-out)", _fmt(seg["dice"])))
     dep = summary.get("deploy", {})
     if dep:
-        rows.append(("deploy app", _fmt(dep.get("status", ""))))
+        text = _fmt(dep.get("status", ""))
+        if dep.get("enable"):
+            text += f" (to enable: <code>{html.escape(dep['enable'])}</code>)"
+        if dep.get("dicom_seg_dice") is not None:
+            text += f"; DICOM SEG Dice {dep['dicom_seg_dice']:.3f}"
+        rows.append(("deploy app", text))
     rows += [(f"time: {k}", f"{v:.0f} s") for k, v in summary.get("seconds", {}).items()]
     return rows
 
