@@ -103,3 +103,17 @@ def test_samples_are_installed_and_paired(tmp_path: Path) -> None:
     back = load_ultrasound(path)
     assert tuple(back.shape) == (1, *img.shape)
     assert np.abs(back[0].numpy() / 255.0 - img).max() < 1 / 255 + 1e-6
+
+
+def test_deploy_stage_waits_for_the_background_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ultramae_monai.demo.deploy_run import BUILD_STATUS_ENV, _wait_for_build
+
+    status = tmp_path / "status"
+    monkeypatch.delenv(BUILD_STATUS_ENV, raising=False)
+    assert _wait_for_build(print)  # not started by demo.sh: nothing to wait for
+    monkeypatch.setenv(BUILD_STATUS_ENV, str(status))
+    assert not _wait_for_build(print, wait_s=0)  # still building
+    status.write_text("1\n")
+    assert not _wait_for_build(print)  # the build failed
+    status.write_text("0\n")
+    assert _wait_for_build(print)
