@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/ is on sys.path when a script here runs
 from monai.bundle import ConfigParser
 from pydicom.data import get_testdata_file
 
@@ -31,16 +31,6 @@ from ultramae_monai.deploy.bundle import BundleRunner
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_bundle(root: Path) -> Path:
@@ -86,7 +76,7 @@ def main() -> None:
         run_deploy(src, root / "out", bundle, device=args.device)
         app_s = time.perf_counter() - t
     machine = (
-        f"{_cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
         if args.device == "cpu"
         else torch.cuda.get_device_name(0)
     )
