@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -164,7 +163,9 @@ def cmd_labelled(args: argparse.Namespace) -> None:
     xs, ys = [], []
     for r in hc:
         p = data / r["path"]
-        ann = np.asarray(Image.open(p.parent.parent / "annotations" / p.name.replace(".png", "_Annotation.png")).convert("L"))
+        ann = np.asarray(
+            Image.open(p.parent.parent / "annotations" / p.name.replace(".png", "_Annotation.png")).convert("L")
+        )
         mask = binary_fill_holes(ann > 0).astype(np.float32)
         xs.append(_resize(_grey(p), args.size))
         ys.append((_resize(mask, args.size) >= 0.5).astype(np.int64))
@@ -301,7 +302,10 @@ def cmd_recon(args: argparse.Namespace) -> None:
         r = {"run": run.name, "target": arch["target"], "step": 0, **recon_error(UltraMAE(**arch), ds)}
         rows.append(r)
         if args.images:
-            save_recon_png(load_checkpoint_model(ckpts[-1])[0], ds, out / f"recon_{run.name}.png")
+            target = arch["target"]
+            save_recon_png(
+                load_checkpoint_model(ckpts[-1])[0], ds, Path(args.docs) / "images" / f"study_recon_{target}.png"
+            )
     with (out / "recon.jsonl").open("a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -359,7 +363,7 @@ def classification_metrics(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def segmentation_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def segmentation_metrics(pred: np.ndarray, y: np.ndarray, hd95: bool = True) -> dict[str, float]:
     """Mean Dice, IoU and HD95 (pixels of the working grid) of binary masks ``(N, H, W)``."""
     from monai.metrics import compute_hausdorff_distance
 
@@ -367,6 +371,8 @@ def segmentation_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     ps, ys = pred.sum((1, 2)).astype(float), y.sum((1, 2)).astype(float)
     dice = 2 * inter / np.maximum(ps + ys, 1)
     iou = inter / np.maximum(ps + ys - inter, 1)
+    if not hd95:
+        return {"dice": float(dice.mean()), "iou": float(iou.mean())}
     one_hot = lambda m: torch.from_numpy(np.stack([~m, m], 1).astype(np.float32))  # noqa: E731
     hd = compute_hausdorff_distance(one_hot(pred), one_hot(y), include_background=False, percentile=95).numpy()
     hd = np.where(np.isfinite(hd[:, 0]), hd[:, 0], float(pred.shape[-1]))  # empty prediction: the grid size
@@ -397,7 +403,7 @@ def logistic_probe(ftr, ytr, fva, yva, fte, yte, classes: int = 3) -> dict[str, 
         opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
         ytr_t = torch.from_numpy(ytr)
 
-        def closure():
+        def closure(opt=opt, lin=lin, ytr_t=ytr_t, wd=wd):
             opt.zero_grad()
             loss = F.cross_entropy(lin(xtr), ytr_t) + wd * lin.weight.pow(2).sum()
             loss.backward()
@@ -450,7 +456,7 @@ def _pool_pixels(x: np.ndarray) -> np.ndarray:
 class SegHead(nn.Module):
     """Token grid -> per-pixel logits: 3 x (conv 3x3, GELU, upsample x2) from the patch grid back to the image."""
 
-    def __init__(self, dim: int, patch: int, classes: int = 2, width: int = 64) -> None:
+    def __init__(self, dim: int, patch: int, classes: int = 2, width: int = 32) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(dim, width, 1)]
         for _ in range(int(math.log2(patch))):
@@ -459,7 +465,7 @@ class SegHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, d = tokens.shape
+        b, _, d = tokens.shape
         return self.net(tokens.transpose(1, 2).reshape(b, d, *hw))
 
 
@@ -496,7 +502,7 @@ def _subset(y: np.ndarray, frac: float, seed: int, stratify: bool) -> np.ndarray
 
 def _augment(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator):
     """Random horizontal flip and a random resized crop (area 0.6-1), applied to image and mask alike."""
-    b, _, h, w = x.shape
+    b = x.shape[0]
     flip = torch.rand(b, generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if y is not None:
@@ -542,7 +548,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     net.train()
     losses = []
-    for step in range(args.steps):
+    for _ in range(args.steps):
         b = torch.randint(0, len(xtr), (min(args.batch, len(xtr)),), generator=gen)
         xb, yb = xtr[b], ytr[b]
         xb, yb_aug = _augment(xb, yb if args.task == "hc18" else None, gen)
@@ -573,11 +579,174 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if args.task == "busi":
             m = classification_metrics(logits.softmax(1).numpy(), y)
         else:
-            m = segmentation_metrics(logits.argmax(1).numpy().astype(bool), y.astype(bool))
+            m = segmentation_metrics(logits.argmax(1).numpy().astype(bool), y.astype(bool), hd95=split == "test")
         result.update({f"{split}_{k}": v for k, v in m.items()})
     result["seconds"] = time.time() - t0
     (res_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result), flush=True)
+    # only validation numbers on the terminal: test numbers are read by the report, never while choosing anything
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("test_")}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+ARMS = ("scratch", "cwus", "pixel")
+METRICS = {"busi": ("accuracy", "macro_f1", "auc"), "hc18": ("dice", "iou", "hd95")}
+BEGIN, END = "<!-- study:begin (written by scripts/study.py report) -->", "<!-- study:end -->"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "n/a"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _plot_fractions(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    for row, task in enumerate(("busi", "hc18")):
+        for col, metric in enumerate(METRICS[task]):
+            ax = axes[row, col]
+            for arm in ARMS:
+                fr = sorted({r["fraction"] for r in runs if r["task"] == task and r["arm"] == arm})
+                if not fr:
+                    continue
+                vals = [[r[f"test_{metric}"] for r in runs if r["task"] == task and r["arm"] == arm
+                         and r["fraction"] == f] for f in fr]  # fmt: skip
+                mean = [np.mean(v) for v in vals]
+                sd = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals]
+                ax.errorbar([100 * f for f in fr], mean, yerr=sd, marker="o", capsize=3, label=arm)
+            ax.set_xscale("log")
+            ax.set_xticks([10, 100], ["10 %", "100 %"])
+            ax.set_title(f"{'BUSI' if task == 'busi' else 'HC18'} {metric} (test)")
+            ax.set_xlabel("labels used")
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_pretraining(out: Path, recon: list[dict], probe: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for target in ("cwus", "pixel"):
+        m = _jsonl(out / f"pretrain_{target}" / "metrics.jsonl")
+        by_step = {r["step"]: r["train/loss"] for r in m if "train/loss" in r}  # a resumed run repeats steps
+        tr = sorted(by_step.items())
+        if tr:
+            axes[0].plot(*zip(*tr, strict=True), label=f"{target} train", alpha=0.7)
+        rr = sorted((r["step"], r["ratio"]) for r in recon if r["target"] == target)
+        if rr:
+            axes[1].plot(*zip(*rr, strict=True), marker=".", label=target)
+        pr = sorted((r["step"], r["test_accuracy"] if False else r["val_balanced_accuracy"]) for r in probe
+                    if r["encoder"] == target)  # fmt: skip
+        if pr:
+            axes[2].plot(*zip(*pr, strict=True), marker=".", label=target)
+    rnd = [r["val_balanced_accuracy"] for r in probe if r["encoder"] == "random init"]
+    px = [r["val_balanced_accuracy"] for r in probe if r["encoder"] == "16x16 pixels"]
+    if rnd:
+        axes[2].axhline(np.mean(rnd), color="grey", ls="--", label="random init (mean)")
+    if px:
+        axes[2].axhline(px[0], color="k", ls=":", label="16x16 pixels")
+    axes[0].set(yscale="log", xlabel="step", ylabel="masked MSE (own target)", title="pretraining loss")
+    axes[1].axhline(1.0, color="k", ls=":")
+    axes[1].set(xlabel="step", ylabel="model / mean-of-visible MSE", title="masked-patch error ratio (val)")
+    axes[2].set(xlabel="pretraining step", ylabel="balanced accuracy", title="BUSI linear probe (val)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out, docs = Path(args.out), Path(args.docs)
+    images = docs / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    runs = [json.loads(p.read_text()) for p in sorted((out / "finetune").glob("*.json"))]
+    recon, probe = _jsonl(out / "recon.jsonl"), _jsonl(out / "probe.jsonl")
+    lines = [BEGIN, ""]
+    if runs:
+        _plot_fractions(runs, images / "study_label_fraction.png")
+    if recon or probe:
+        _plot_pretraining(out, recon, probe, images / "study_pretraining.png")
+    # fine-tuning table
+    lines += ["### Fine-tuning (test split, mean ± sample standard deviation over seeds)", ""]
+    for task, title in (("busi", "BUSI 3-class classification"), ("hc18", "HC18 fetal-head segmentation")):
+        ms = METRICS[task]
+        unit = {"hd95": "HD95 (px, lower is better)"}
+        lines += [f"**{title}**", "", "| arm | labels | n train | seeds | " + " | ".join(unit.get(m, m) for m in ms)
+                  + " |", "|---|---|---|---|" + "---|" * len(ms)]  # fmt: skip
+        for frac in (0.1, 1.0):
+            for arm in ARMS:
+                sel = [r for r in runs if r["task"] == task and r["arm"] == arm and r["fraction"] == frac]
+                if not sel:
+                    lines.append(f"| {arm} | {frac:.0%} | | 0 | " + " | ".join("(running)" for _ in ms) + " |")
+                    continue
+                cells = [_ms([r[f"test_{m}"] for r in sel], 2 if m == "hd95" else 3) for m in ms]
+                lines.append(f"| {arm} | {frac:.0%} | {sel[0]['n_train']} | {len(sel)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        val = {arm: [r for r in runs if r["task"] == task and r["arm"] == arm] for arm in ARMS}
+        if all(val.values()):
+            key = "val_macro_f1" if task == "busi" else "val_dice"
+            lines += ["Validation " + key.removeprefix("val_") + " (all fractions and seeds pooled): "
+                      + ", ".join(f"{a} {np.mean([r[key] for r in v]):.3f}" for a, v in val.items()), ""]  # fmt: skip
+    if runs:
+        lines += ["![label fraction vs metrics](images/study_label_fraction.png)", ""]
+    # reconstruction
+    if recon:
+        lines += ["### Masked-patch reconstruction (validation stills of the curated pool, fixed masks)", "",
+                  "| target | step | model MSE | mean-of-visible MSE | ratio |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(recon, key=lambda r: (r["target"], r["step"])):
+            lines.append(f"| {r['target']} | {r['step']} | {r['model_mse']:.5f} | {r['mean_fill_mse']:.5f} | "
+                         f"{r['ratio']:.3f} |")  # fmt: skip
+        lines.append("")
+    # probe
+    if probe:
+        lines += ["### Linear probe on BUSI (frozen encoder, mean-pooled tokens, logistic regression; penalty picked "
+                  "on validation macro-F1)", "",
+                  "| features | step | val balanced acc. | test accuracy | test balanced acc. | test macro-F1 | test AUC |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        rnd = [r for r in probe if r["encoder"] == "random init"]
+        if rnd:
+            lines.append(f"| random init ({len(rnd)} seeds) | 0 | {_ms([r['val_balanced_accuracy'] for r in rnd])} | "
+                         + " | ".join(_ms([r[f"test_{k}"] for r in rnd]) for k in
+                                      ("accuracy", "balanced_accuracy", "macro_f1", "auc")) + " |")  # fmt: skip
+        for r in probe:
+            if r["encoder"] == "random init":
+                continue
+            lines.append(f"| {r['encoder']} | {r['step']} | {r['val_balanced_accuracy']:.3f} | "
+                         + " | ".join(f"{r[f'test_{k}']:.3f}" for k in
+                                      ("accuracy", "balanced_accuracy", "macro_f1", "auc")) + " |")  # fmt: skip
+        lines.append("")
+    if recon or probe:
+        lines += ["![pretraining](images/study_pretraining.png)", ""]
+    for target in ("cwus", "pixel"):
+        if (images / f"study_recon_{target}.png").exists():
+            lines += [f"Reconstructions, {target} (rows: validation stills; columns: input, visible tokens, "
+                      "prediction with the visible tokens pasted back, target):", "",
+                      f"![{target} reconstructions](images/study_recon_{target}.png)", ""]  # fmt: skip
+    lines.append(END)
+    block = "\n".join(lines)
+    res = docs / "results.md"
+    text = res.read_text() if res.exists() else "# Results\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    res.write_text(text)
+    print(f"report: {len(runs)} fine-tuning runs, {len(recon)} reconstruction rows, {len(probe)} probe rows -> {res}")
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -597,6 +766,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curated", default="study_out/curated")
     p.add_argument("--all", action="store_true", help="every checkpoint, not only the last")
     p.add_argument("--images", action="store_true", help="also write a reconstruction PNG per run")
+    p.add_argument("--docs", default="docs")
     p = sub.add_parser("probe")
     p.add_argument("runs", nargs="*")
     p.add_argument("--size", type=int, default=64)
@@ -607,11 +777,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--head_lr", type=float, default=1e-3)
     p.add_argument("--force", action="store_true")
+    p = sub.add_parser("report")
+    p.add_argument("--docs", default="docs")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     globals()[f"cmd_{args.cmd}"](args)

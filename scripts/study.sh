@@ -9,9 +9,9 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$PWD"
 PY="${PY:-$PWD/.venv/bin/python}"
 OUT="${OUT:-study_out}"
 DATA="${DATA:-../shared/data}"
-STEPS="${STEPS:-1200}"        # pretraining optimiser steps per target
-FT_STEPS="${FT_STEPS:-100}"   # fine-tuning optimiser steps per run
-JOBS="${JOBS:-2}"             # fine-tuning runs in parallel
+STEPS="${STEPS:-550}"         # pretraining optimiser steps per target
+FT_STEPS="${FT_STEPS:-60}"    # fine-tuning optimiser steps per run
+JOBS="${JOBS:-3}"             # fine-tuning runs in parallel
 S="$PY scripts/study.py --data $DATA --out $OUT"
 
 [ -f "$OUT/split_busi.json" ] || $S split --seed 0
