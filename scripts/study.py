@@ -233,6 +233,14 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted(paths, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
 
 
+def spread_checkpoints(run: Path, n: int) -> list[Path]:
+    """At most ``n`` checkpoints of a run, evenly spread over its steps, the last one always included."""
+    ck = checkpoints(run)
+    if len(ck) <= n:
+        return ck
+    return [ck[round(i * (len(ck) - 1) / (n - 1))] for i in range(n)]
+
+
 def final_checkpoint(run: Path) -> Path:
     return checkpoints(run)[-1]
 
@@ -290,7 +298,7 @@ def cmd_recon(args: argparse.Namespace) -> None:
         arch = json.loads((run / "study_arch.json").read_text())
         ds = _val_dataset(Path(args.curated), arch["img_size"], arch["target"] == "cwus")
         ckpts = checkpoints(run)
-        for ck in ckpts if args.all else ckpts[-1:]:
+        for ck in spread_checkpoints(run, args.checkpoints):
             model, _, step = load_checkpoint_model(ck)
             r = {"run": run.name, "target": arch["target"], "step": step, **recon_error(model, ds)}
             print(json.dumps(r), flush=True)
@@ -306,6 +314,7 @@ def cmd_recon(args: argparse.Namespace) -> None:
             save_recon_png(
                 load_checkpoint_model(ckpts[-1])[0], ds, Path(args.docs) / "images" / f"study_recon_{target}.png"
             )
+    out.mkdir(parents=True, exist_ok=True)
     with (out / "recon.jsonl").open("a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -430,7 +439,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         jobs.append(("random init", seed, enc, inten))
     for run in args.runs:
         run = Path(run)
-        for ck in checkpoints(run):
+        for ck in spread_checkpoints(run, args.checkpoints):
             model, inten, step = load_checkpoint_model(ck)
             jobs.append((run.name.removeprefix("pretrain_"), step, model.encoder, inten))
     for name, step, enc, inten in jobs:
@@ -520,6 +529,13 @@ def _augment(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator):
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    """Every (fraction, seed) combination given, one after the other in this process (one import of torch)."""
+    for fraction in args.fraction:
+        for seed in args.seed:
+            finetune_one(argparse.Namespace(**{**vars(args), "fraction": fraction, "seed": seed}))
+
+
+def finetune_one(args: argparse.Namespace) -> None:
     out = Path(args.out)
     res_dir = out / "finetune"
     res_dir.mkdir(parents=True, exist_ok=True)
@@ -764,21 +780,22 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("recon")
     p.add_argument("runs", nargs="+")
     p.add_argument("--curated", default="study_out/curated")
-    p.add_argument("--all", action="store_true", help="every checkpoint, not only the last")
+    p.add_argument("--checkpoints", type=int, default=6, help="checkpoints per run, spread over its steps")
     p.add_argument("--images", action="store_true", help="also write a reconstruction PNG per run")
     p.add_argument("--docs", default="docs")
     p = sub.add_parser("probe")
     p.add_argument("runs", nargs="*")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--random_seeds", type=int, default=3)
+    p.add_argument("--checkpoints", type=int, default=6, help="checkpoints per run, spread over its steps")
     p = sub.add_parser("finetune")
     p.add_argument("--task", choices=("busi", "hc18"), required=True)
     p.add_argument("--arm", choices=("scratch", "cwus", "pixel"), required=True)
-    p.add_argument("--fraction", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=float, nargs="+", default=[1.0])
+    p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=24)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--head_lr", type=float, default=1e-3)
     p.add_argument("--force", action="store_true")

@@ -10,8 +10,8 @@ PY="${PY:-$PWD/.venv/bin/python}"
 OUT="${OUT:-study_out}"
 DATA="${DATA:-../shared/data}"
 STEPS="${STEPS:-550}"         # pretraining optimiser steps per target
-FT_STEPS="${FT_STEPS:-60}"    # fine-tuning optimiser steps per run
-JOBS="${JOBS:-3}"             # fine-tuning runs in parallel
+FT_STEPS="${FT_STEPS:-40}"    # fine-tuning optimiser steps per run
+JOBS="${JOBS:-4}"             # fine-tuning processes in parallel
 S="$PY scripts/study.py --data $DATA --out $OUT"
 
 [ -f "$OUT/split_busi.json" ] || $S split --seed 0
@@ -38,9 +38,10 @@ pretrain() {  # $1 = target
 wait
 [ "${STAGE:-all}" = pretrain ] && exit 0
 
-$S recon "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --all --images
-$S probe "$OUT/pretrain_cwus" "$OUT/pretrain_pixel"
-for task in busi hc18; do for frac in 0.1 1; do for seed in 0 1 2; do for arm in scratch cwus pixel; do
-  echo "$S finetune --task $task --arm $arm --fraction $frac --seed $seed --steps $FT_STEPS"
-done; done; done; done | xargs -P "$JOBS" -I{} sh -c '{}'
+$S recon "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 6 --images
+$S probe "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 4
+# one process per (task, arm, fraction) running its 3 seeds; JOBS of them at once
+for arm in scratch cwus pixel; do for task in busi hc18; do for frac in 0.1 1; do
+  echo "$S finetune --task $task --arm $arm --fraction $frac --seed 0 1 2 --steps $FT_STEPS"
+done; done; done | xargs -P "$JOBS" -I{} sh -c '{}'
 $S report
