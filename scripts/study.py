@@ -226,11 +226,21 @@ def build_encoder(arm: str, out: Path, seed: int):
     return model.encoder, intensity
 
 
+def _step_of(path: Path) -> int:
+    return int(re.findall(r"\d+", path.stem)[-1])
+
+
 def checkpoints(run: Path) -> list[Path]:
-    """Step checkpoints of a trainer run, by step."""
-    paths = list((run / "checkpoints").glob("*.pt"))
-    paths = [p for p in paths if re.search(r"\d+", p.stem) and p.stem != "best"]
-    return sorted(paths, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    """Step checkpoints of a trainer run, by step, up to the study's common step (``pretrain_step.txt``) if set.
+
+    Both targets are compared at the same step: when the session's time ran out before the scheduled end, the
+    runs were stopped and the last step both had reached is written to ``pretrain_step.txt`` beside them.
+    """
+    paths = [p for p in (run / "checkpoints").glob("*.pt") if re.search(r"\d+", p.stem) and p.stem != "best"]
+    cap = run.parent / "pretrain_step.txt"
+    if cap.exists():
+        paths = [p for p in paths if _step_of(p) <= int(cap.read_text())]
+    return sorted(paths, key=_step_of)
 
 
 def spread_checkpoints(run: Path, n: int) -> list[Path]:
