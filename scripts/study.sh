@@ -9,7 +9,8 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$PWD"
 PY="${PY:-$PWD/.venv/bin/python}"
 OUT="${OUT:-study_out}"
 DATA="${DATA:-../shared/data}"
-STEPS="${STEPS:-550}"         # pretraining optimiser steps per target
+STEPS="${STEPS:-880}"         # pretraining LR schedule length (optimiser steps) per target
+STOP_STEP="${STOP_STEP:-264}" # ... stopped at this step (an epoch end, 12 x 22 steps): what the session allowed
 FT_STEPS="${FT_STEPS:-40}"    # fine-tuning optimiser steps per run
 JOBS="${JOBS:-4}"             # fine-tuning processes in parallel
 S="$PY scripts/study.py --data $DATA --out $OUT"
@@ -26,12 +27,19 @@ pretrain() {  # $1 = target
   local run="$PWD/$OUT/pretrain_$1"
   mkdir -p "$run"
   printf '{"preset": "tiny", "embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 64, "tubelet": [2, 8, 8], "target": "%s", "mask_ratio_image": 0.75, "decoder_depth": 2, "decoder_dim": 128}\n' "$1" > "$run/study_arch.json"
-  (cd bundles/ultramae_pretrain && $PY -m monai.bundle run --config_file configs/train.json \
+  (cd bundles/ultramae_pretrain && exec $PY -m monai.bundle run --config_file configs/train.json \
       --dataset_dir "$PWD/../../$OUT/curated" --output_dir "$run" --preset tiny --network_def#embed_dim 192 \
       --network_def#depth 6 --network_def#num_heads 3 --target "$1" --img_size 64 --tubelet "[2,8,8]" \
       --mask_ratio_image 0.75 --decoder_depth 2 --decoder_dim 128 --crop_scale "[0.5,1.0]" --batch_size 32 \
       --max_steps "$STEPS" --max_epochs 1000 --warmup_epochs 3 --base_lr 0.012 --num_workers 0 --amp none \
-      --log_every 20 --checkpoint_every 0 --keep_last 1000 --preview_every 0 --tensorboard false) > "$run/train.log" 2>&1
+      --log_every 20 --checkpoint_every 0 --keep_last 1000 --preview_every 0 --tensorboard false) > "$run/train.log" 2>&1 &
+  local pid=$!
+  # the checkpoint of STOP_STEP is deterministic (CPU, fixed seeds; the trainer resumes bit-exactly), so stopping
+  # the run once it exists reproduces the study's encoders
+  local ck; ck="$run/checkpoints/checkpoint_step$(printf '%08d' "$STOP_STEP").pt"
+  while kill -0 "$pid" 2>/dev/null && [ ! -f "$ck" ]; do sleep 10; done
+  sleep 5; kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  echo "$STOP_STEP" > "$OUT/pretrain_step.txt"
 }
 [ -f "$OUT/pretrain_cwus/done" ] || { pretrain cwus && touch "$OUT/pretrain_cwus/done"; } &
 [ -f "$OUT/pretrain_pixel/done" ] || { pretrain pixel && touch "$OUT/pretrain_pixel/done"; } &
