@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name  # benchmarks/ is on sys.path when a script here runs
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "### Before and after the solver clean-up"
@@ -48,13 +48,6 @@ def _time_tree(tree: Path, maps: Path) -> dict[str, float]:
     cmd = [sys.executable, "-c", CHILD, str(REPO / "benchmarks"), str(tree), str(maps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -92,7 +85,7 @@ def main() -> None:
         HEADING,
         "",
         f"`python benchmarks/bench_confmap_before_after.py --before {args.before} --rounds {args.rounds}` on "
-        f"{_cpu_name()}, {os.cpu_count()} cores, shared (after = {rev.stdout.strip()}). Whole default map "
+        f"{cpu_name()}, {os.cpu_count()} cores, shared (after = {rev.stdout.strip()}). Whole default map "
         "(`confidence_map`), warm, median of the interleaved rounds:",
         "",
         "| image | before (s) | after (s) | after / before | max abs diff of maps |",

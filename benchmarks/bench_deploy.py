@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import re
 import shutil
 import tempfile
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/ is on sys.path when a script here runs
 from monai.bundle import ConfigParser
 from pydicom.data import get_testdata_file
 
@@ -30,16 +31,6 @@ from ultramae_monai.deploy.bundle import BundleRunner
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_bundle(root: Path) -> Path:
@@ -85,7 +76,7 @@ def main() -> None:
         run_deploy(src, root / "out", bundle, device=args.device)
         app_s = time.perf_counter() - t
     machine = (
-        f"{_cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
         if args.device == "cpu"
         else torch.cuda.get_device_name(0)
     )
@@ -96,6 +87,7 @@ def main() -> None:
         "per_still_s": min(per_still),
         "per_cine_frame_s": min(per_frame),
         "app_run_s": app_s,
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     print(json.dumps(rows, indent=2))
     if args.no_write:
@@ -104,7 +96,9 @@ def main() -> None:
         "<!-- section: deploy -->\n"
         "### Deploy app (`benchmarks/bench_deploy.py`)\n\n"
         f"Segmentation bundle as shipped ({rows['bundle']}, random weights), device `{args.device}`: {machine}. "
-        f"Best of {args.repeats}; load + scan region + resize + network + postprocessing back to the source pixels.\n\n"
+        f"Best of {args.repeats}; load + scan region + resize + network + postprocessing back to the source pixels. "
+        f"1-minute load average at the end: {rows['load_average_1min_at_end']:.1f} (other jobs on the machine inflate "
+        "the seconds).\n\n"
         "| input | time |\n|---|---|\n"
         f"| per still (palette, 350x800) | {rows['per_still_s']:.2f} s |\n"
         f"| per cine frame (YBR JPEG, 30 frames 240x320) | {rows['per_cine_frame_s']:.2f} s |\n"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,20 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/ is on sys.path when a script here runs
 from monai.bundle import ConfigParser
 from PIL import Image
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultramae_classification"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synthetic_class_folders(root: Path, per_class: int = 32, size: int = 160) -> Path:
@@ -134,7 +124,7 @@ def main() -> None:
             plain_t.append(n * args.batch_size / t)
     b, p = statistics.median(bundle_t), statistics.median(plain_t)
     print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     print(
         f"config: preset {args.preset}, img {args.img_size}, batch {args.batch_size}, epochs {args.epochs}, repeats {args.repeats}"

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Compose, ScaleIntensityRanged
 
 from ultramae_monai.data import KindBatchSampler, ManifestDataset, ManifestRecord, write_manifest
 from ultramae_monai.engines import build_optimizer
 from ultramae_monai.networks import UltraMAE
+from ultramae_monai.transforms import RandResizedCropd
 
 
 def _step(model: UltraMAE, opt: torch.optim.Optimizer, batch: dict, device: torch.device, amp: bool) -> None:
@@ -77,7 +79,11 @@ def bench(preset: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = UltraMAE(preset=preset, img_size=args.img_size, target="pixel", mask_ratio_image=0.75).to(device)
     opt = build_optimizer(model, effective_batch=args.batch)
-    ds = ManifestDataset(dataset_dir=args.data, img_size=args.img_size, kinds=("still",))
+    crop = Compose([
+        RandResizedCropd(["image", "fov_mask"], args.img_size, mode=["bilinear", "nearest"]),
+        ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0, b_max=1),
+    ])  # fmt: skip
+    ds = ManifestDataset(dataset_dir=args.data, kinds=("still",), transform=crop)
     sampler = KindBatchSampler(ds.kinds, batch_size=args.batch, seed=0)
     if len(sampler) == 0:  # every epoch would be empty: the batch stream below would never yield
         raise SystemExit(f"{args.data}: {len(ds)} stills, fewer than one batch of {args.batch}: lower --batch")

@@ -103,6 +103,18 @@ def overlay(image: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> Image.Image
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 
+def caption(d: ImageDraw.ImageDraw, show: str, labels: int, epochs: int, score: float) -> None:
+    d.rectangle((0, 412, 1320, 468), fill="white")
+    d.text((0, 440), f"HC18 {show}.png (held out)", fill="black", font=font(20))
+    d.text(
+        (670, 416),
+        f"proposal (orange): {labels} labels, {epochs} epochs, micro encoder from scratch",
+        fill="black",
+        font=font(18),
+    )
+    d.text((670, 440), f"reference outline (cyan); Dice {score:.2f}", fill="black", font=font(18))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--labels", type=int, default=10)
@@ -154,13 +166,7 @@ def main() -> None:
     fig.paste(raw, (0, 470))
     fig.paste(panel, (670, 470))
     d = ImageDraw.Draw(fig)
-    d.text((0, 440), f"HC18 {show}.png (held out)", fill="black", font=font(20))
-    d.text(
-        (670, 440),
-        f"proposal (orange) after {args.labels} labels, {args.epochs} epochs; reference (cyan): Dice {scores[show]:.2f}",
-        fill="black",
-        font=font(18),
-    )
+    caption(d, show, args.labels, args.epochs, scores[show])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.save(OUT)
     print(json.dumps({"out": str(OUT), "train_stats": stats, "dice_held_out": scores}, indent=2, default=str))

@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 
 import torch
+from monai.transforms import Compose, ScaleIntensityRanged
 from PIL import Image, ImageDraw
 
 from ultramae_monai.data import ManifestDataset
 from ultramae_monai.engines import CheckpointManager, reconstruction_grid, save_grid_png
 from ultramae_monai.networks import UltraMAE
+from ultramae_monai.transforms import RandResizedCropd
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 400, 70, 20, 40, 50
 
@@ -67,9 +69,14 @@ def plot(metrics: Path, out: Path, title: str) -> None:
 
 def _val_dataset(model: UltraMAE, data: Path) -> ManifestDataset:
     """The validation split, with the curated confidence maps when the target uses them."""
+    whole = Compose([
+        RandResizedCropd(["image", "confidence", "fov_mask"], model.img_size[0], scale=(1, 1), ratio=None,
+                         mode=["bilinear", "bilinear", "nearest"], allow_missing_keys=True),
+        ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0, b_max=1),
+    ])  # fmt: skip
     return ManifestDataset(
-        dataset_dir=data, split="val", img_size=model.img_size[0], num_frames=model.num_frames,
-        load_confidence=model.target in ("cwus", "pixel+confidence"),
+        dataset_dir=data, split="val", num_frames=model.num_frames,
+        load_confidence=model.target in ("cwus", "pixel+confidence"), transform=whole,
     )  # fmt: skip
 
 
@@ -80,7 +87,7 @@ def _extras(batch: dict) -> dict:
 def reconstructions(run: Path, data: Path, out: Path, model: UltraMAE, samples: int, seed: int) -> list[Path]:
     """Grids of the first validation stills and clips, final checkpoint, fixed masks."""
     state = CheckpointManager(run / "checkpoints").load()
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["network"])
     model.eval()
     ds = _val_dataset(model, data)
     written = []

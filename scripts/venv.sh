@@ -17,18 +17,6 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
-if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" "${ULTRAMAE_TORCH:-torch>=2.8}"
-  else
-    # CPU build: from a local CPU wheel in pip's find-links when the machine has one, else PyTorch's CPU index.
-    links="$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)"
-    if [ -n "$links" ] && ls "$links"/torch-*+cpu-* >/dev/null 2>&1; then
-      "${PIP[@]}" "${ULTRAMAE_TORCH:-torch==2.13.0}"
-    else
-      "${PIP[@]}" "${ULTRAMAE_TORCH:-torch==2.13.0}" --index-url https://download.pytorch.org/whl/cpu
-    fi
-  fi
-fi
+bash "$ROOT/scripts/install_torch.sh" "$VENV/bin/python"
 "${PIP[@]}" -e "$ROOT[$EXTRAS]"
 echo "$want" > "$STAMP"

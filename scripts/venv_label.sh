@@ -21,18 +21,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # Repeated in every install so that no later package lifts them.
 PINS=("numpy>=1.26,<2" "pydicom>=2.4,<3" "setuptools<81")  # pydicom 2 needs pkg_resources
 
-if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" "${ULTRAMAE_TORCH:-torch>=2.8}"
-  else
-    links="$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)"
-    if [ -n "$links" ] && ls "$links"/torch-*+cpu-* >/dev/null 2>&1; then
-      "${PIP[@]}" "${ULTRAMAE_TORCH:-torch==2.13.0}"
-    else
-      "${PIP[@]}" "${ULTRAMAE_TORCH:-torch==2.13.0}" --index-url https://download.pytorch.org/whl/cpu
-    fi
-  fi
-fi
+bash "$ROOT/scripts/install_torch.sh" "$VENV/bin/python"
 
 # MONAI Label's server runtime (what `monailabel start_server` and a BasicInferTask/BasicTrainTask app import).
 "${PIP[@]}" "${PINS[@]}" "dicomweb-client>=0.59,<0.60" "pynetdicom>=2,<3" \

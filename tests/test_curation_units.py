@@ -187,3 +187,42 @@ def test_walk_follows_symlinked_folders_without_looping(tmp_path: Path) -> None:
     (real / "loop").symlink_to(src, target_is_directory=True)  # a cycle back to the root
     found, _ = find_sources(src)
     assert [f.rel for f in found] == ["linked/a.png"]
+
+
+def test_header_values_quoted_in_warnings_never_reach_the_log(tmp_path: Path) -> None:
+    """pydicom quotes an invalid value in its warning; the worker's messages (the run's log) must not hold it."""
+    from pydicom import config
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+    from scipy import ndimage
+
+    from ultramae_monai.curation.walk import SOURCE_DICOM, SourceFile
+    from ultramae_monai.curation.worker import curate_file
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = UltrasoundImageStorage, generate_uid(), "US"
+    ds.PatientID = "PATIENT-X"
+    pixels = ndimage.gaussian_filter(np.random.default_rng(0).rayleigh(40.0, (64, 80)), 1.5) * 3
+    ds.set_pixel_data(np.clip(pixels, 0, 255).astype(np.uint8), "MONOCHROME2", 8)
+    mode = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.StudyInstanceUID = "1.2.DOE^JANE.19850306"  # not a valid UID: pydicom warns, quoting it, on reading
+        path = tmp_path / "src" / "scan.dcm"
+        path.parent.mkdir()
+        ds.save_as(path, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = mode
+    res = curate_file(
+        SourceFile(path, "scan.dcm", SOURCE_DICOM),
+        CurationOptions(confidence=False, max_side=32),
+        b"s" * 32,
+        str(tmp_path / "out"),
+        str(tmp_path / "src"),
+        "fp",
+    )
+    assert res.quarantine is None and res.records
+    text = " ".join(res.messages)
+    assert "DOE^JANE" not in text and "19850306" not in text

@@ -34,7 +34,6 @@ pytestmark = pytest.mark.deploy
 REPO = Path(__file__).resolve().parents[1]
 SEG_BUNDLE = REPO / "bundles" / "ultramae_segmentation"
 CLS_BUNDLE = REPO / "bundles" / "ultramae_classification"
-CLS_FALLBACK = REPO / "tests" / "fixtures" / "deploy" / "ultramae_classification"  # until the real one lands
 SMALL = {"preset": "micro", "img_size": 32}  # CPU-sized overrides, applied where the bundle has these ids
 
 
@@ -64,8 +63,7 @@ def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    source = CLS_BUNDLE if (CLS_BUNDLE / "configs" / "inference.json").is_file() else CLS_FALLBACK
-    return _random_bundle(source, tmp_path_factory.mktemp("bundles") / "ultramae_classification")
+    return _random_bundle(CLS_BUNDLE, tmp_path_factory.mktemp("bundles") / "ultramae_classification")
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +183,7 @@ def test_corrupt_instance_is_skipped_and_named(seg_bundle: Path, tmp_path: Path,
     assert [Path(i["file"]).name for i in result["instances"]] == ["good.dcm"]
 
 
-@pytest.mark.parametrize("case", ["empty", "not_us", "no_weights"])
+@pytest.mark.parametrize("case", ["empty", "not_us", "no_weights", "not_a_bundle"])
 def test_bad_input_fails_cleanly_with_nothing_published(case: str, seg_bundle: Path, tmp_path: Path, capsys) -> None:
     src, out, bundle = tmp_path / "in", tmp_path / "out", seg_bundle
     src.mkdir()
@@ -196,10 +194,19 @@ def test_bad_input_fails_cleanly_with_nothing_published(case: str, seg_bundle: P
         shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
         bundle = tmp_path / "bundle"
         shutil.copytree(seg_bundle / "configs", bundle / "configs")
+    if case == "not_a_bundle":
+        shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
+        bundle = tmp_path / "models"
+        (bundle / "notes").mkdir(parents=True)
     code = deploy_cli.main(["-i", str(src), "-o", str(out), "-m", str(bundle), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == deploy_cli.EXIT_BAD_INPUT
-    expected = {"empty": "input folder is empty", "not_us": "no ultrasound image", "no_weights": "no weights"}[case]
+    expected = {
+        "empty": "input folder is empty",
+        "not_us": "no ultrasound image",
+        "no_weights": "no weights",
+        "not_a_bundle": "not a MONAI bundle",
+    }[case]
     assert err[-1].startswith("ultramae deploy: error: ") and expected in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (out / RESULT_FILE).exists() and not (out / STAGING_DIR).exists()
@@ -250,11 +257,15 @@ def test_module_entry_point(seg_bundle: Path, tmp_path: Path) -> None:
     assert seg.pixel_array.shape == (350, 800)
 
 
-def test_map_app_folder_passes_the_packagers_checks(monkeypatch) -> None:
-    """Everything ``monai-deploy package`` checks before it calls Docker: the CLI exists, the config reads, the app
-    folder is a Python module with its requirements, and the documented command parses."""
+def test_map_app_folder_passes_the_packagers_checks(seg_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    """Everything ``monai-deploy package`` checks before it calls Docker: the config reads, the app folder is a
+    Python module with its requirements, the models folder gives one model per bundle, the documented command
+    parses and names the image the docs run."""
     packager = pytest.importorskip("holoscan_cli.packager.parameters", reason="holoscan-cli (monai-deploy package)")
+    from holoscan_cli.__main__ import parse_args
+    from holoscan_cli.common.enum_types import Platform
     from holoscan_cli.packager.config_reader import ApplicationConfiguration
+    from holoscan_cli.packager.models import Models
 
     app_dir = REPO / "ultramae_monai" / "deploy" / "map"
     config = ApplicationConfiguration()
@@ -264,43 +275,35 @@ def test_map_app_folder_passes_the_packagers_checks(monkeypatch) -> None:
     params.application = app_dir
     assert params.application_type.name == "PythonModule"
     assert params.requirements_file_path == app_dir / "requirements.txt"
-    command = (REPO / "docs" / "deploy.md").read_text().split("```bash\nmonai-deploy package ", 1)[1].split("\n```")[0]
-    from holoscan_cli.__main__ import parse_args
-
-    monkeypatch.chdir(REPO)
-    args = parse_args(["holoscan", "package", *command.replace("\\\n", " ").split()])
+    # the documented layout, in a scratch copy of the repository root: the package and build/map_models/<bundle>
+    (tmp_path / "ultramae_monai").symlink_to(REPO / "ultramae_monai")
+    shutil.copytree(seg_bundle, tmp_path / "build" / "map_models" / seg_bundle.name)
+    monkeypatch.chdir(tmp_path)
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    command = docs.split("```bash\nmonai-deploy package ", 1)[1].split("\n```")[0]
+    args = parse_args(["holoscan", "package", *command.split()])
     assert args.command == "package" and Path(args.application).resolve() == app_dir
     assert Path(args.config).resolve() == app_dir / "app.yaml"
     assert [Path(a).resolve() for a in args.additional_libs] == [REPO / "ultramae_monai"]
-    assert Path(args.models).resolve() == REPO / "bundles" / "ultramae_segmentation"
+    assert Models().build(Path(args.models)) == {seg_bundle.name: Path(args.models) / seg_bundle.name}
+    assert args.platform == [Platform.x86_64]
+    image = packager.PlatformParameters(Platform.x86_64, args.tag, "0.1.0").tag
+    assert f"monai-deploy run {image} " in docs
 
 
-def test_segmentation_and_classification_bundles_together(seg_bundle: Path, cls_bundle: Path, tmp_path: Path) -> None:
-    """``-m`` a folder of two bundles: a SEG and a classification JSON per instance, probabilities as the bundle's."""
-    models, src, out = tmp_path / "models", tmp_path / "in", tmp_path / "out"
-    for bundle in (seg_bundle, cls_bundle):
-        shutil.copytree(bundle, models / bundle.name)
+def test_bundle_whose_output_does_not_fit_its_class_names_fails_the_run(
+    cls_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    """A bundle fault (here: argmax instead of scores) fails the run with one line; no instance is 'skipped'."""
+    bundle, src, out = tmp_path / "ultramae_classification", tmp_path / "in", tmp_path / "out"
+    shutil.copytree(cls_bundle, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"].append({"_target_": "AsDiscreted", "keys": "pred", "argmax": True})
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     src.mkdir()
-    shutil.copy(get_testdata_file("examples_palette.dcm"), src / "still.dcm")
-    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), src / "cine.dcm")
-    result = deploy_app.run_deploy(src, out, models, device="cpu", max_overlay_frames=1)
-    assert sorted((b["name"], b["task"]) for b in result["bundles"]) == [
-        ("ultramae_classification", "classification"),
-        ("ultramae_segmentation", "segmentation"),
-    ]
-    for inst in result["instances"]:
-        folder = out / inst["sop_instance_uid"]
-        assert (folder / "ultramae_segmentation" / "seg.dcm").is_file()
-        record = json.loads((folder / "ultramae_classification" / "classification.json").read_text())
-        expected = np.stack([p.reshape(-1) for p, _, _ in _bundle_outputs(cls_bundle, inst["file"])])
-        assert record["sop_instance_uid"] == inst["sop_instance_uid"]
-        assert np.asarray(record["frames"]).shape == (inst["frames"], len(record["class_names"]))
-        np.testing.assert_allclose(record["frames"], expected, atol=1e-6)
-        assert record["label"] == record["class_names"][int(expected.mean(0).argmax())]
-        sr = pydicom.dcmread(folder / "ultramae_classification" / "classification_sr.dcm")
-        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-        assert (
-            sr.Modality == "SR"
-            and evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == inst["sop_instance_uid"]
-        )
-        assert sr.ContentSequence[0].TextValue == record["label"]
+    shutil.copy(get_testdata_file("examples_palette.dcm"), src / "us.dcm")
+    code = deploy_cli.main(["-i", str(src), "-o", str(out), "-m", str(bundle), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == deploy_cli.EXIT_BAD_INPUT
+    assert "class scores for 3 class_names" in err[-1] and str(bundle) in err[-1]
+    assert not (out / RESULT_FILE).exists() and not (out / STAGING_DIR).exists()

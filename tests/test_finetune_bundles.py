@@ -18,7 +18,7 @@ from monai.bundle import run as bundle_run
 from PIL import Image
 
 from ultramae_monai.data.outline_masks import fill_outline_dataset
-from ultramae_monai.networks import UltraMAE
+from ultramae_monai.networks import UltraMAE, UltraMAEEncoder, load_pretrained_encoder
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 CLS, SEG = BUNDLES / "ultramae_classification", BUNDLES / "ultramae_segmentation"
@@ -200,7 +200,8 @@ def test_classification_of_clips_through_the_same_encoder(tmp_path: Path) -> Non
 
 
 def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_path: Path) -> None:
-    """The pretraining bundle runs a few steps; its newest checkpoint initialises the classifier's encoder."""
+    """The pretraining bundle runs a few steps; its checkpoint and its exported ``encoder.pt`` fill a fresh encoder
+    exactly, and ``encoder.pt`` initialises the classifier's encoder (architecture and intensity from its meta)."""
     from test_pretrain_data import make_manifest
 
     pre = BUNDLES / "ultramae_pretrain"
@@ -214,15 +215,26 @@ def test_finetune_from_a_pretraining_bundle_checkpoint(busi_small: Path, tmp_pat
         max_epochs=1, checkpoint_every=2, num_workers=0, preview_every=0, tensorboard=False,
     )  # fmt: skip
     ckpt = max(out.rglob("*.pt"), key=lambda p: p.stat().st_mtime)
+    network = torch.load(ckpt, weights_only=True)["network"]  # weights-only loadable, RNG state included
+    encoder_pt = tmp_path / "encoder.pt"
+    bundle_run(config_file=str(pre / "configs" / "inference.json"), bundle_root=str(pre), output_dir=str(out),
+               export_path=str(encoder_pt), preset="micro", tubelet=[2, 8, 8])  # fmt: skip
+    x = torch.rand(2, 1, 32, 32)
+    outputs = []
+    for source in (ckpt, encoder_pt):  # the checkpoint and the exported encoder fill a fresh encoder alike
+        enc = UltraMAEEncoder.from_preset("micro", tubelet=(2, 8, 8)).eval()
+        report = load_pretrained_encoder(enc, source)
+        assert not report.missing and len(report.matched) == len(enc.state_dict())
+        assert all(torch.equal(v, network[f"encoder.{k}"]) for k, v in enc.state_dict().items())
+        with torch.no_grad():
+            outputs.append(enc(x))
+    assert torch.equal(*outputs)
     run = tmp_path / "run"
-    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(ckpt), max_epochs=1, output_dir=str(run),
-         mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
-    pretrained = torch.load(ckpt, weights_only=True)
-    network = pretrained.get("network", pretrained.get("encoder"))
-    prefix = "encoder." if "network" in pretrained else ""
+    _run(CLS, "train.json", dataset_dir=str(busi_small), pretrained=str(encoder_pt), max_epochs=1,
+         output_dir=str(run), mode="linear", img_size=32, batch_size=4, num_workers=0)  # fmt: skip
     state = torch.load(run / "model.pt", weights_only=True)
-    enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    assert enc and all(torch.equal(v, network[prefix + k]) for k, v in enc.items())
+    enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert enc_state and all(torch.equal(v, network[f"encoder.{k}"]) for k, v in enc_state.items())
 
 
 def test_monai_mae_weights_build_a_matching_encoder(busi_small: Path, tmp_path: Path) -> None:
@@ -246,3 +258,64 @@ def test_monai_mae_weights_build_a_matching_encoder(busi_small: Path, tmp_path: 
     assert torch.equal(state["encoder.cls_token"], mae.state_dict()["cls_token"])
     _run(CLS, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)  # rebuilt from the settings
     assert (run / "metrics.json").is_file()
+
+
+def test_multi_gpu_config_trains_under_torchrun(busi_small: Path, tmp_path: Path) -> None:
+    """``train.json`` + ``multi_gpu_train.json`` with 2 CPU processes (gloo): one plain model.pt, same metric."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(["configs/train.json", "configs/multi_gpu_train.json"]),
+        "--dataset_dir", str(busi_small), "--output_dir", str(out), "--preset", "micro", "--tubelet", "[2,8,8]",
+        "--img_size", "32", "--max_epochs", "1", "--batch_size", "2", "--num_workers", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLES.parent)}
+    proc = subprocess.run(cmd, cwd=CLS, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)
+    best = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "best metric" in line]
+    assert len(best) == 2 and len({line.rsplit(":", 1)[1] for line in best}) == 1  # both ranks agree
+
+
+def _volumes(root: Path, n: int = 4) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.5, 0.5, 0.8, 1.0])
+    for i in range(n):
+        vol = rng.uniform(0, 80, (24, 20, 12)).astype(np.float32)
+        mask = np.zeros(vol.shape, np.uint8)
+        mask[6 + i : 16, 5:15, 3:9] = 1
+        vol[mask > 0] += 120
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol, affine), str(root / "images" / f"vol ({i}).nii.gz"))
+        nib.save(nib.Nifti1Image(mask, affine), str(root / "masks" / f"vol ({i})_mask.nii.gz"))
+    return root
+
+
+def test_segmentation_of_volumes_through_the_same_encoder(tmp_path: Path) -> None:
+    """``volume.json`` on top of each config: 3D UNETR-style decoder, NIfTI masks in the file's space."""
+    import nibabel as nib
+
+    data = _volumes(tmp_path / "volumes")
+    run = tmp_path / "run"
+    vol = {"img_size": 16, "volume_depth": 16, "tubelet": [8, 8, 8], "preset": "micro", "batch_size": 2}
+    both = lambda cfg: [f"{SEG}/configs/{cfg}.json", f"{SEG}/configs/volume.json"]  # noqa: E731
+    bundle_run(config_file=both("train"), bundle_root=str(SEG), dataset_dir=str(data), output_dir=str(run),
+               max_epochs=1, num_workers=0, val_fraction=0.0, test_fraction=0.0, **vol)  # fmt: skip
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["spatial_dims"] == 3
+    bundle_run(config_file=both("evaluate"), bundle_root=str(SEG), ckpt=str(run / "model.pt"), num_workers=0)
+    assert 0 <= json.loads((run / "metrics.json").read_text())["mean_dice"] <= 1
+    bundle_run(config_file=both("inference"), bundle_root=str(SEG), dataset_dir=str(data / "images"),
+               output_dir=str(run))  # fmt: skip
+    src = nib.load(data / "images" / "vol (0).nii.gz")
+    mask = nib.load(run / "vol (0)_mask.nii.gz")
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)
+    assert (run / "vol (0)_overlay.png").is_file()

@@ -168,3 +168,33 @@ def test_layer_decay_and_linear_probe_groups() -> None:
     assert trained == {id(p) for p in (*probe.head.parameters(), *probe.pool.parameters())}
     clip = torch.rand(2, 1, 4, 32, 32)  # the same classifier takes clips
     assert probe(clip).shape == (2, 3)
+
+
+def test_fill_outlined_fills_outlines_and_keeps_masks() -> None:
+    from ultramae_monai.transforms import FillOutlined
+
+    img = Image.new("L", (80, 60), 0)
+    ImageDraw.Draw(img).ellipse([10, 8, 70, 50], outline=255, width=1)
+    outline = torch.as_tensor(np.asarray(img, dtype=np.float32))[None]
+    filled = FillOutlined("label")({"label": outline})["label"]
+    assert filled.sum() > 5 * (outline > 0).sum() and set(np.unique(filled.numpy())) == {0.0, 1.0}
+    solid = torch.zeros(1, 60, 80)
+    solid[:, 10:30, 20:40] = 1
+    solid[:, 18:22, 28:32] = 0  # a small hole in a real mask stays: filling gains far less than 2x
+    assert torch.equal(FillOutlined("label")({"label": solid})["label"], solid)
+    assert FillOutlined("label", always=True)({"label": solid})["label"].sum() == 400
+
+
+def test_fill_outlines_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ultramae_monai.cli import main
+
+    img = Image.new("L", (40, 30), 0)
+    ImageDraw.Draw(img).ellipse([5, 5, 35, 25], outline=255)
+    img.save(_png(tmp_path / "src" / "images" / "001_HC.png", (40, 30)).parent.parent / "001_HC_Annotation.png")
+    (tmp_path / "src" / "annotations").mkdir()
+    (tmp_path / "src" / "001_HC_Annotation.png").rename(tmp_path / "src" / "annotations" / "001_HC_Annotation.png")
+    assert main(["fill-outlines", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "001_HC_Annotation.png"))
+    assert mask[15, 20] == 255 and mask[1, 1] == 0
+    assert main(["fill-outlines", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
+    assert "nowhere: dataset folder not found" in capsys.readouterr().err

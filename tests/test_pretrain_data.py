@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, RandFlipd
+from monai.transforms import Compose, RandFlipd, ScaleIntensityRanged
 
-from ultramae_monai.data import KindBatchSampler, ManifestDataset, random_resized_box
+from ultramae_monai.data import KindBatchSampler, ManifestDataset
 from ultramae_monai.data.manifest import ManifestRecord, write_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
+from ultramae_monai.transforms import RandResizedCropd, random_resized_box
 
 
 def make_manifest(
@@ -42,13 +43,29 @@ def make_manifest(
     return root
 
 
+KEYS = ["image", "confidence", "fov_mask"]
+
+
+def crop(size: int, scale: tuple[float, float] = (0.4, 1.0), ratio: tuple | None = (3 / 4, 4 / 3), *more) -> Compose:
+    """The bundle's crop and [0, 1] scaling (then ``more`` transforms); ``whole(size)`` for evaluation."""
+    return Compose([
+        RandResizedCropd(KEYS, size, scale, ratio, mode=["bilinear", "bilinear", "nearest"], allow_missing_keys=True),
+        ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0),
+        *more,
+    ])  # fmt: skip
+
+
+def whole(size: int) -> Compose:
+    return crop(size, (1.0, 1.0), None)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_manifest(tmp_path_factory.mktemp("pretrain_data"))
 
 
 def test_items_have_the_layout_the_network_expects(data_dir: Path) -> None:
-    ds = ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4, load_confidence=True)
+    ds = ManifestDataset(dataset_dir=data_dir, num_frames=4, load_confidence=True, transform=crop(32))
     kinds = ds.kinds
     still = ds[(kinds.index("still"), 3)]
     clip = ds[(kinds.index("cine"), 3)]
@@ -62,14 +79,14 @@ def test_items_have_the_layout_the_network_expects(data_dir: Path) -> None:
 
 
 def test_augmentation_is_a_function_of_the_seed(data_dir: Path) -> None:
-    flip = Compose([RandFlipd(keys=["image", "fov_mask"], prob=0.5, spatial_axis=-1)])
-    ds = ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4, transform=flip)
+    flip = crop(32, (0.4, 1.0), (3 / 4, 4 / 3), RandFlipd(keys=["image", "fov_mask"], prob=0.5, spatial_axis=-1))
+    ds = ManifestDataset(dataset_dir=data_dir, num_frames=4, transform=flip)
     i = ds.kinds.index("cine")
     a, b, c = ds[(i, 11)], ds[(i, 11)], ds[(i, 12)]
     assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
     assert type(a["image"]) is torch.Tensor  # MetaTensor unwrapped for cheap collation
     # a plain index is not augmented: the first num_frames frames, whole, resized
-    plain = ManifestDataset(dataset_dir=data_dir, img_size=32, num_frames=4)[i]["image"]
+    plain = ManifestDataset(dataset_dir=data_dir, num_frames=4, transform=whole(32))[i]["image"]
     raw = torch.from_numpy(np.load(data_dir / f"{ds.records[i].path}")[:, :4].astype(np.float32) / 255)
     expected = torch.nn.functional.interpolate(raw.transpose(0, 1), size=(32, 32), mode="bilinear", antialias=True)
     torch.testing.assert_close(plain, expected.transpose(0, 1))
@@ -84,8 +101,8 @@ def test_image_confidence_and_fov_are_cropped_and_flipped_together(tmp_path: Pat
     np.save(tmp_path / "f.npy", (img > 150).astype(np.uint8))  # a triangle in the bottom-right corner
     rec = ManifestRecord(id="s", path="s.npy", kind="still", shape=[1, 48, 40], confidence="c.npy", fov_mask="f.npy")
     write_manifest([rec], tmp_path / "manifest.jsonl")
-    flip = Compose([RandFlipd(keys=["image", "confidence", "fov_mask"], prob=0.5, spatial_axis=-1)])
-    ds = ManifestDataset(dataset_dir=tmp_path, img_size=32, load_confidence=True, transform=flip, scale=(0.3, 1.0))
+    flip = crop(32, (0.3, 1.0), (3 / 4, 4 / 3), RandFlipd(keys=KEYS, prob=0.5, spatial_axis=-1))
+    ds = ManifestDataset(dataset_dir=tmp_path, load_confidence=True, transform=flip)
     flipped = 0
     for seed in range(12):
         item = ds[(0, seed)]
@@ -110,10 +127,10 @@ def test_channel_conversion(tmp_path: Path) -> None:
     rgb[0] = 255  # pure red: BT.601 luma 0.299
     np.save(tmp_path / "rgb.npy", rgb)
     write_manifest([ManifestRecord(id="a", path="rgb.npy", kind="still", shape=[3, 8, 8])], tmp_path / "manifest.jsonl")
-    grey = ManifestDataset(dataset_dir=tmp_path, img_size=8, in_channels=1)[0]["image"]
+    grey = ManifestDataset(dataset_dir=tmp_path, in_channels=1, transform=whole(8))[0]["image"]
     assert grey.shape == (1, 8, 8) and torch.allclose(grey, torch.full_like(grey, 0.299), atol=1e-3)
     with pytest.raises(InvalidInputError, match="confidence"):
-        ManifestDataset(dataset_dir=tmp_path, img_size=8, load_confidence=True)
+        ManifestDataset(dataset_dir=tmp_path, load_confidence=True)
 
 
 def test_bad_arrays_name_the_file(tmp_path: Path) -> None:
@@ -124,7 +141,7 @@ def test_bad_arrays_name_the_file(tmp_path: Path) -> None:
         ManifestRecord(id="b", path="flat.npy", kind="still", shape=[8, 8]),
     ]
     write_manifest(recs, tmp_path / "manifest.jsonl")
-    ds = ManifestDataset(dataset_dir=tmp_path, img_size=8)
+    ds = ManifestDataset(dataset_dir=tmp_path, transform=whole(8))
     with pytest.raises(UnreadableFileError, match=r"bad\.npy"):
         ds[0]
     with pytest.raises(InvalidInputError, match=r"flat\.npy"):
@@ -199,7 +216,7 @@ def test_default_config_clips_never_repeat_frames(tmp_path: Path) -> None:
     rec = ManifestRecord(id="c", path="c.npy", kind="cine", shape=list(frames.shape))
     write_manifest([rec], tmp_path / "manifest.jsonl")
     ds = ManifestDataset(
-        dataset_dir=tmp_path, img_size=16, num_frames=cfg["num_frames"], frame_stride=cfg["frame_stride"]
+        dataset_dir=tmp_path, num_frames=cfg["num_frames"], frame_stride=cfg["frame_stride"], transform=crop(16)
     )
     for seed in range(10):
         levels = (ds[(0, seed)]["image"][0].mean(dim=(1, 2)) * 255).round().tolist()
@@ -213,5 +230,32 @@ def test_a_stride_the_cached_clip_cannot_serve_names_the_record(tmp_path: Path) 
         [ManifestRecord(id="clip7", path="c.npy", kind="cine", shape=[1, 8, 16, 16])], tmp_path / "manifest.jsonl"
     )
     with pytest.raises(InvalidInputError, match=r"c\.npy.*'clip7' caches 8 frames, fewer than the 15"):
-        ManifestDataset(dataset_dir=tmp_path, img_size=16, num_frames=8, frame_stride=2)
-    assert len(ManifestDataset(dataset_dir=tmp_path, img_size=16, num_frames=8, frame_stride=1)) == 1
+        ManifestDataset(dataset_dir=tmp_path, num_frames=8, frame_stride=2)
+    assert len(ManifestDataset(dataset_dir=tmp_path, num_frames=8, frame_stride=1)) == 1
+
+
+def test_rand_resized_crop_is_the_same_on_memory_maps_tensors_and_clips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 255, (1, 3, 40, 50), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", clip)
+    mapped = np.load(tmp_path / "c.npy", mmap_mode="r")
+    t = RandResizedCropd(["image", "mask"], 16, mode=["bilinear", "nearest"])
+    a = t.set_random_state(5)({"image": mapped, "mask": mapped[:1, 0] > 100})
+    b = t.set_random_state(5)({"image": torch.from_numpy(clip), "mask": torch.from_numpy(clip[:1, 0] > 100)})
+    assert a["image"].shape == (1, 3, 16, 16) and a["image"].dtype == torch.float32
+    assert a["mask"].shape == (1, 16, 16) and a["mask"].dtype == torch.bool
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["mask"], b["mask"])
+    box = t.cropper.box
+    r0, c0, h, w = box
+    window = torch.from_numpy(clip[..., r0 : r0 + h, c0 : c0 + w]).float().reshape(1, 3, h, w)
+    expected = torch.nn.functional.interpolate(window, size=(16, 16), mode="bilinear", antialias=True)
+    torch.testing.assert_close(a["image"], expected.reshape(1, 3, 16, 16))  # every frame cropped by the same box
+
+
+def test_img_size_resizes_items_whole_for_evaluation(data_dir: Path) -> None:
+    a = ManifestDataset(dataset_dir=data_dir, num_frames=4, img_size=32)[0]
+    b = ManifestDataset(dataset_dir=data_dir, num_frames=4, transform=whole(32))[0]
+    assert a["image"].shape[-2:] == (32, 32) and 0 <= a["image"].min() and a["image"].max() <= 1
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["fov_mask"], b["fov_mask"])

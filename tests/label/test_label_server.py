@@ -245,10 +245,13 @@ def test_unknown_image_id_is_404(server):
     assert server.alive()
 
 
-def test_non_ultrasound_image_upload_is_refused(server, tmp_path):
+def test_non_ultrasound_or_corrupt_image_upload_is_refused(server, tmp_path):
     with ct_dicom(tmp_path / "ct.dcm").open("rb") as f:
         r = server.put("/datastore/image", params={"image": "ct"}, files={"file": ("ct.dcm", f)})
     assert r.status_code == 415 and "not ultrasound" in r.json()["detail"]
+    png = (HC18 / "images" / f"{IMAGES[0]}.png").read_bytes()
+    r = server.put("/datastore/image", params={"image": "cut"}, files={"file": ("cut.png", png[: len(png) // 3])})
+    assert r.status_code == 415 and "truncated" in r.json()["detail"]
     assert server.get("/datastore/", params={"output": "stats"}).json()["total"] == len(IMAGES)
 
 

@@ -1,8 +1,10 @@
 """The label app's train task in process: the first fine-tuning starts from the pretrained encoder it is given,
-an encoder of another architecture is refused with one clear line, and a request without labels is refused."""
+the fine-tuned model is served with the architecture it was trained with, a pretrained file that is no
+checkpoint and a request without labels are refused with one clear line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from PIL import Image
 
 from ultramae_monai.errors import UltraMAEError
 from ultramae_monai.label.bundle import SegmentationBundle, TrainIds
+from ultramae_monai.label.infer import UltraMAESegmentationInfer
 from ultramae_monai.label.train import NoLabelsError, UltraMAESegmentationTrain
 from ultramae_monai.networks import UltraMAEEncoder
 
@@ -71,19 +74,32 @@ def test_first_fine_tuning_starts_from_the_pretrained_encoder(tmp_path):
     torch.save({"encoder": encoder.state_dict(), "meta": {}}, tmp_path / "encoder.pt")
     t = task(tmp_path, str(tmp_path / "encoder.pt"))  # learning rate 0: the published encoder is the loaded one
     stats = t({"max_epochs": 1, "device": "cpu"}, ListDatastore(pairs(tmp_path)))
-    assert stats["start_weights"] == "pretrained encoder" and stats["epochs"] == 1 and stats["images"] == 2
+    assert stats["start_weights"] == f"pretrained encoder: {tmp_path / 'encoder.pt'}"
+    assert stats["epochs"] == 1 and stats["images"] == 2
     published = torch.load(t.model_file, weights_only=True)
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(published[f"encoder.{key}"], value, rtol=0, atol=0)
 
 
-def test_an_encoder_of_another_architecture_is_refused(tmp_path):
-    other = UltraMAEEncoder.from_preset("micro", tubelet=[2, 8, 8])
-    torch.save({"encoder": other.state_dict(), "meta": {}}, tmp_path / "other.pt")
-    t = task(tmp_path, str(tmp_path / "other.pt"))
-    with pytest.raises(UltraMAEError, match="another architecture") as err:
+def test_the_fine_tuned_model_is_served_with_its_own_architecture(tmp_path):
+    """A pretrained encoder with 8-px patches makes the bundle build that encoder; the app's infer task then reads
+    the run's settings beside the published model and serves it, though the bundle's default patch is 16 px."""
+    torch.save({"encoder": UltraMAEEncoder.from_preset("micro", tubelet=[2, 8, 8]).state_dict()}, tmp_path / "p8.pt")
+    t = task(tmp_path, str(tmp_path / "p8.pt"), lr=1e-3)
+    items = pairs(tmp_path)
+    t({"max_epochs": 1, "device": "cpu"}, ListDatastore(items))
+    assert json.loads((t.model_file.parent / "settings.json").read_text())["tubelet"] == [2, 8, 8]
+    path, result = UltraMAESegmentationInfer(t.bundle, t.model_file)({"image": items[0]["image"]})
+    assert result["weights"] == t.model_file.name
+    assert np.asarray(Image.open(path)).shape == (48, 64)
+
+
+def test_a_pretrained_file_that_is_no_checkpoint_is_refused(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    t = task(tmp_path, str(tmp_path / "junk.pt"))
+    with pytest.raises(UltraMAEError, match=r"junk\.pt") as err:
         t({"max_epochs": 1, "device": "cpu"}, ListDatastore(pairs(tmp_path)))
-    assert "other.pt" in str(err.value)
+    assert "\n" not in str(err.value)
     assert not t.model_file.exists()
 
 

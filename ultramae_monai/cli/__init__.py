@@ -28,6 +28,7 @@ VERBS: list[str] = [
     "confmap",
     "curate",
     "curate_merge",
+    "fill_outlines",
     "demo",
     "deploy",
     "label",

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from ultramae_monai.errors import InvalidInputError
 
 __all__ = [
+    "TypedHelpFormatter",
     "UsageError",
     "VerbParser",
     "add_option",
@@ -46,13 +47,34 @@ parse_bool.__name__ = "bool"  # argparse names the type in its "invalid bool val
 _TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT", parse_bool: "BOOL"}
 
 
+class TypedHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Ends every option's help with its type and default (``[int, default: 30]``), unless the help already
+    states them (:func:`add_option` writes them itself)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS:
+            return text
+        if "default:" in text and text.rstrip().endswith("]"):  # written by add_option
+            return text
+        if action.nargs == 0:  # store_true / store_false / count: a flag, given or not
+            kind, default = "flag", "not given"
+        else:
+            kind = _type_name(action.type or str, action.choices).lower()
+            kind = "one of " + kind if action.choices else kind
+            default = "none" if action.default is None else str(action.default)
+        if "default:" in text:  # the help states its default in its own words: add the type
+            return f"{text} [{kind}]"
+        return f"{text} [{kind}, default: {default}]".strip()
+
+
 class VerbParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (``PROG: error: ...``, exit 2) and whose unknown
     options name the closest valid one; option prefixes are not expanded (``--alp`` is not ``--alpha``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", TypedHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 
+from ultramae_monai.cli.arguments import add_option
 from ultramae_monai.errors import UltraMAEError
 
 __all__ = ["EXAMPLE", "NAME", "SUMMARY", "add_arguments", "main", "run"]
@@ -27,19 +28,21 @@ _REEXEC_ENV = "ULTRAMAE_DEPLOY_STACK_RAISED"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument(
-        "-i", "--input", default=env("HOLOSCAN_INPUT_PATH", "input"), help="folder of DICOM files (any tree)"
-    )
-    parser.add_argument("-o", "--output", default=env("HOLOSCAN_OUTPUT_PATH", "output"), help="folder for the results")
-    parser.add_argument(
-        "-m",
-        "--model",
-        default=env("HOLOSCAN_MODEL_PATH", "models"),
-        help="a bundle folder, or a folder of bundle folders (segmentation and/or classification)",
-    )
-    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--max-overlay-frames", type=int, default=16, help="PNG overlays per cine (evenly spread)")
-    parser.add_argument("--no-sr", dest="sr", action="store_false", help="no DICOM SR beside the classification JSON")
+    for short, name, variable, fallback, what in (
+        ("-i", "input", "HOLOSCAN_INPUT_PATH", "input", "folder of DICOM files (any tree)"),
+        ("-o", "output", "HOLOSCAN_OUTPUT_PATH", "output", "folder for the results"),
+        ("-m", "model", "HOLOSCAN_MODEL_PATH", "models", "a bundle folder, or a folder of bundle folders"),
+    ):
+        parser.add_argument(
+            short,
+            f"--{name}",
+            default=env(variable, fallback),
+            metavar=name.upper(),
+            help=f"{what} [path, default: ${variable} or {fallback}]",
+        )
+    add_option(parser, "device", str, "auto", "auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
+    add_option(parser, "max-overlay-frames", int, 16, "PNG overlays per cine (evenly spread frames)")
+    add_option(parser, "sr", bool, True, "also write the classification as a DICOM Comprehensive SR")
     parser.set_defaults(stack_reexec=True)
 
 

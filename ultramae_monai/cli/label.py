@@ -83,7 +83,7 @@ def _check_monailabel() -> None:
     except ImportError as e:
         raise UltraMAEError(
             "MONAI Label is not installed in this environment: build it with 'bash scripts/venv_label.sh' and run "
-            "'.venv-label/bin/python -m ultramae_monai.cli label ...'"
+            "'.venv-label/bin/ultramae label ...'"
         ) from e
 
 

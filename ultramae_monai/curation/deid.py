@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
-__all__ = ["SALT_ENV", "SALT_FILE", "Hasher", "resolve_salt", "scrub", "source_identity"]
+__all__ = ["SALT_ENV", "SALT_FILE", "Hasher", "redact_quoted", "resolve_salt", "scrub", "source_identity"]
 
 SALT_ENV = "ULTRAMAE_SALT"
 SALT_FILE = ".salt"
@@ -89,6 +89,15 @@ def scrub(text: str, path: str | os.PathLike, root: str | os.PathLike | None = N
     for name in sorted((n for n in names if len(n) >= 3), key=len, reverse=True):
         text = re.sub(re.escape(name), "<source>", text)
     return text
+
+
+_QUOTED = re.compile(r"'[^'\n]{3,}'|\"[^\"\n]{3,}\"")
+
+
+def redact_quoted(text: str) -> str:
+    """Replace quoted text by ``'<value>'``: third-party messages quote header values (pydicom's
+    "Invalid value for VR UI: '...'"), which can identify a patient."""
+    return _QUOTED.sub("'<value>'", text)
 
 
 def _dicom_ids(path: Path) -> tuple[str, str]:

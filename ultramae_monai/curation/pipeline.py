@@ -59,7 +59,7 @@ class CurationReport:
     skipped_done: int = 0  # finished by an earlier run (curated, or quarantined and not retried)
     quarantined: int = 0
     no_scan_region: int = 0  # of the quarantined: images without a detectable scan region (noise, photos)
-    failed: list[str] = field(default_factory=list)  # this run's failed files, relative to SRC (operator only)
+    failed: dict[str, str] = field(default_factory=dict)  # this run's failed files (relative to SRC) -> error
     duplicates_dropped: int = 0
     samples_written: int = 0
     samples: dict[str, int] = field(default_factory=dict)  # whole set: still / cine / volume
@@ -87,10 +87,11 @@ class CurationReport:
             per = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
             lines.append(f"  {split}: {per} ({self.patients.get(split, 0)} patients)")
         if self.failed:
-            shown = self.failed[:FAILED_SHOWN]
+            shown = list(self.failed)[:FAILED_SHOWN]
             more = f", first {len(shown)} shown" if len(self.failed) > len(shown) else ""
             lines.append(f"failed files: {len(self.failed)}{more} (all in OUT/private/failed_files.jsonl):")
-            lines.extend(f"  {rel}" for rel in shown)
+            width = max(len(rel) for rel in shown)
+            lines.extend(f"  {rel:<{width}}  {self.failed[rel]}" for rel in shown)
         return "\n".join(lines)
 
 
@@ -181,7 +182,7 @@ class _Run:
         self.log.error("quarantined source %s (%s): %s: %s", entry.source, entry.suffix, entry.error, entry.cause)
         self.report.quarantined += 1
         self.report.no_scan_region += entry.error == "NoScanRegionError"
-        self.report.failed.append(rel)
+        self.report.failed[rel] = entry.error
 
 
 def summarise_manifest(manifest: Path) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ultramae_monai.curation.deid import Hasher, scrub
+from ultramae_monai.curation.deid import Hasher, redact_quoted, scrub
 from ultramae_monai.errors import UltraMAEError
 
 __all__ = [
@@ -46,7 +46,7 @@ class QuarantineEntry:
     source: str  # salted token of the source path (ManifestRecord.source)
     suffix: str  # e.g. ".dcm": says which reader failed without naming the file
     error: str  # exception class
-    cause: str  # the reason, with every path and name of the source scrubbed out
+    cause: str  # the reason, with every path and name of the source scrubbed out, and quoted values redacted
     where: str = ""  # innermost code location (module file and line), for bug reports
 
 
@@ -61,7 +61,9 @@ def quarantine_entry(
     frames = traceback.extract_tb(err.__traceback__)
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     suffix = "".join(Path(path).suffixes[-2:]).lower() if Path(path).suffix else ""
-    return QuarantineEntry(source, suffix[:12], type(err).__name__, scrub(cause, path, root)[:500], where)
+    return QuarantineEntry(
+        source, suffix[:12], type(err).__name__, redact_quoted(scrub(cause, path, root))[:500], where
+    )
 
 
 def append_quarantine(entries: Iterable[QuarantineEntry], out: str | os.PathLike) -> None:

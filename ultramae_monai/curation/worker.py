@@ -22,7 +22,7 @@ import torch
 
 from ultramae_monai.curation.clip_plan import plan_cine
 from ultramae_monai.curation.dedup import DuplicateIndex, dhash
-from ultramae_monai.curation.deid import Hasher, scrub, source_identity
+from ultramae_monai.curation.deid import Hasher, redact_quoted, scrub, source_identity
 from ultramae_monai.curation.options import CurationOptions
 from ultramae_monai.curation.quarantine import QuarantineEntry, quarantine_entry
 from ultramae_monai.curation.split import assign_split
@@ -318,6 +318,6 @@ def curate_file(
             for p in (rec.path, rec.confidence, rec.fov_mask):
                 if p:
                     (Path(out) / p).unlink(missing_ok=True)
-    result.messages = [scrub(m, job.path, root)[:300] for m in dict.fromkeys(messages)]
+    result.messages = [redact_quoted(scrub(m, job.path, root))[:300] for m in dict.fromkeys(messages)]
     result.seconds = curator.timer.seconds
     return result

@@ -16,7 +16,7 @@ from ultramae_monai.data.image_reader import UltrasoundImageReader, read_image
 from ultramae_monai.data.labelled import detect_layout, inference_items
 from ultramae_monai.data.load import SUPPORTED_SUFFIXES, UltrasoundReader, load_ultrasound, source_type
 from ultramae_monai.data.manifest import ManifestRecord, read_manifest, write_manifest
-from ultramae_monai.data.manifest_dataset import ManifestDataset, random_resized_box
+from ultramae_monai.data.manifest_dataset import ManifestDataset
 from ultramae_monai.data.mask_writer import SaveMaskd, write_mask
 from ultramae_monai.data.splits import finetune_datalists, grouped_split, label_fraction_subset
 from ultramae_monai.data.video_reader import VIDEO_SUFFIXES, UltrasoundVideoReader, probe_video, read_video
@@ -48,7 +48,6 @@ __all__ = [
     "load_ultrasound",
     "make_metatensor",
     "probe_video",
-    "random_resized_box",
     "read_dicom",
     "read_image",
     "read_manifest",

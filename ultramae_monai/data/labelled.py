@@ -74,6 +74,13 @@ def _is_mask_name(p: Path) -> bool:
     return bool(_MASK_RE.search(_stem(p)))
 
 
+def _existing_dir(path: str | PathLike) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise UnreadableFileError("dataset folder not found", root)
+    return root
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if _is_data_file(p))
 
@@ -125,7 +132,7 @@ def classification_items(
 
     Mask files (``*_mask.png``, as BUSI ships them beside its images) are not samples and are skipped.
     """
-    root = Path(dataset_dir)
+    root = _existing_dir(dataset_dir)
     folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     if not folders:
         raise InvalidInputError("no class folders (expected one sub-folder of images per class)", root)
@@ -147,7 +154,7 @@ def _mask_key(p: Path) -> str:
 
 def segmentation_items(dataset_dir: str | PathLike, check_sizes: bool = True) -> list[dict[str, Any]]:
     """Items ``{"image", "label" (mask path), "group"}`` of an image/mask layout (see the module docstring)."""
-    root = Path(dataset_dir)
+    root = _existing_dir(dataset_dir)
     sub = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     mask_dir = next((sub[d] for d in MASK_DIRS if d in sub), None)
     image_dir = next((sub[d] for d in IMAGE_DIRS if d in sub), root)

@@ -1,19 +1,17 @@
-"""The pretraining dataset: curated arrays of a manifest, read through memory maps, cropped and resized.
+"""The pretraining dataset: curated arrays of a manifest, as memory maps, for the bundle's transforms to crop.
 
-The crop is chosen *before* reading, so only the window is paged in from the ``.npy`` memory map
-(a 16-frame crop out of a long cached clip reads 16 frames, a 60 % crop reads 60 % of the pixels):
-this is what lets a couple of worker processes keep a GPU fed. Augmentation randomness comes from
-the per-sample seed given by :class:`~ultramae_monai.data.batch_sampler.KindBatchSampler`, never from
-worker state, so a resumed run sees exactly the crops an uninterrupted run would have seen.
-
-The crop follows MAE's ``RandomResizedCrop`` (He et al. 2022): a random area fraction ``scale`` and
-aspect ratio ``ratio`` of the (FOV-cropped) image, resized to ``img_size`` squared.
+Items hold *lazy* arrays: the memory-mapped still, the clip's frames as a strided view, the FOV mask and the
+confidence map. The transforms declared in the bundle config (``RandResizedCropd``, then ``RandFlipd`` ...) slice
+their window before anything is read, so only the crop is paged in from the ``.npy`` (a 16-frame clip out of a
+long cached one reads 16 frames, a 60 % crop 60 % of the pixels): this is what lets a couple of worker processes
+keep a GPU fed. Randomness comes from the per-sample seed given by
+:class:`~ultramae_monai.data.batch_sampler.KindBatchSampler` (it seeds the clip's first frame and the transforms),
+never from worker state, so a resumed run sees exactly the crops an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,15 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import Randomizable
 
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL
-from ultramae_monai.data.frame_selection import frame_indices
+from ultramae_monai.data.crop_window import crop_resize
 from ultramae_monai.data.manifest import ManifestRecord, read_manifest
 from ultramae_monai.errors import InvalidInputError, UnreadableFileError
 
-__all__ = ["ManifestDataset", "random_resized_box"]
+__all__ = ["ManifestDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,51 +34,32 @@ MANIFEST_NAME = "manifest.jsonl"
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as the readers (docs/conventions.md)
 
 
-def random_resized_box(
-    height: int,
-    width: int,
-    rng: np.random.Generator | None,
-    scale: tuple[float, float] = (0.4, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[int, int, int, int]:
-    """``(row0, col0, rows, cols)`` of a random crop; the whole image when ``rng`` is None (evaluation)."""
-    if rng is None:
-        return 0, 0, height, width
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return 0, 0, height, width  # fall back to the whole image, as torchvision does
-
-
 class ManifestDataset(torch.utils.data.Dataset):
     """Stills and clips of a curated manifest as ``{"image", "fov_mask", "kind"[, "confidence", "seed"]}`` dicts.
 
     Items are indexed by ``(index, aug_seed)`` (what :class:`KindBatchSampler` yields) or by a plain
-    ``index`` (no augmentation: whole image, first clip). Images come out float32 in ``[0, 1]``,
-    ``(C, S, S)`` for stills and ``(C, T, S, S)`` for clips, ``S = img_size``, ``T = num_frames``.
+    ``index`` (the first clip; transforms keep their own random state). Before ``transform``, ``image`` is the
+    cached array as stored (curation writes uint8), ``(C, H, W)`` for stills and ``(C, T, H, W)`` for clips with
+    ``T = num_frames``, ``fov_mask`` ``(1, H, W)`` and ``confidence`` like ``image``: lazy views of memory maps,
+    which the transforms crop (``RandResizedCropd``) before reading. After it, NumPy and MetaTensor values come
+    out as plain tensors.
 
     Args:
         manifest: the manifest file, or None for ``dataset_dir/manifest.jsonl``.
         dataset_dir: folder the manifest's relative paths start from (default: the manifest's folder).
         split: ``"train"``, ``"val"`` or None for all records.
-        img_size: output side in pixels.
         num_frames: frames per clip.
         frame_stride: take every ``frame_stride``-th cached frame of a clip. Curation already samples clips at
             its ``fps``, so 1 reads them at that rate; a cached clip shorter than
             ``(num_frames - 1) * frame_stride + 1`` frames is an error naming the record (never padded with
             repeated frames, which would teach frozen motion).
         in_channels: 1 (RGB arrays are converted to BT.601 luma) or 3 (grey arrays are repeated).
-        scale, ratio: random-resized-crop area fraction and aspect ratio range.
         load_confidence: also return the cached confidence map (needed by confidence-weighted targets);
             a record without one is an error.
-        transform: optional MONAI dictionary transform (e.g. ``RandFlipd``) applied to each item; random
-            transforms are seeded from the item's augmentation seed.
+        transform: MONAI dictionary transforms applied to each item (the bundle's crop, scaling, flip and
+            normalisation); random transforms are seeded from the item's augmentation seed.
+        img_size: for evaluation without a crop transform: resize every item whole to this side and scale uint8
+            images to ``[0, 1]`` before ``transform`` (what the bundle's ``validate#preprocessing`` does).
         kinds: which record kinds to use; volumes are left out of 2D/clip pretraining.
         allow_empty: accept a split with no records (an optional validation set); otherwise that is an error.
     """
@@ -91,16 +69,14 @@ class ManifestDataset(torch.utils.data.Dataset):
         manifest: str | os.PathLike | None = None,
         dataset_dir: str | os.PathLike | None = None,
         split: str | None = "train",
-        img_size: int = 224,
         num_frames: int = 16,
         frame_stride: int = 1,
         in_channels: int = 1,
-        scale: Sequence[float] = (0.4, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
         load_confidence: bool = False,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         kinds: Sequence[str] = (KIND_STILL, KIND_CINE),
         allow_empty: bool = False,
+        img_size: int | None = None,
     ) -> None:
         if manifest is None and dataset_dir is None:
             raise ValueError("give a manifest file or a dataset_dir holding manifest.jsonl")
@@ -108,14 +84,12 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.root = Path(dataset_dir) if dataset_dir is not None else self.manifest.parent
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        self.img_size = int(img_size)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
         self.in_channels = in_channels
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.load_confidence = load_confidence
         self.transform = transform
+        self.img_size = None if img_size is None else (int(img_size), int(img_size))
         if not self.manifest.is_file():
             raise UnreadableFileError(f"manifest not found: {self.manifest}")
         everything = read_manifest(self.manifest)
@@ -184,66 +158,64 @@ class ManifestDataset(torch.utils.data.Dataset):
             raise InvalidInputError(f"expected {ndim} dims, got shape {arr.shape}", path)
         return arr
 
-    def _window(self, arr: np.ndarray, frames: np.ndarray | None, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """Read the crop (and frames) from the memory map as float32 ``(N, C, h, w)``, N = frames or 1."""
-        r0, c0, h, w = box
-        if frames is None:
-            win = np.asarray(arr[:, r0 : r0 + h, c0 : c0 + w])[None]
-        else:
-            win = np.asarray(arr[:, frames, r0 : r0 + h, c0 : c0 + w]).transpose(1, 0, 2, 3)
-        return torch.from_numpy(win.astype(np.float32, copy=False))
-
-    def _resize(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        size = (self.img_size, self.img_size)
-        if mode == "nearest":
-            return F.interpolate(x, size=size, mode="nearest")
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-    def _channels(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        c = x.shape[1]
+    def _channels(self, x: np.ndarray, path: str) -> np.ndarray:
+        """Convert channels without reading: grey repeated to RGB is a broadcast view; RGB to grey (BT.601) reads."""
+        c = x.shape[0]
         if c == self.in_channels:
             return x
         if c == 3 and self.in_channels == 1:
-            w = torch.tensor(_LUMA, dtype=x.dtype).view(1, 3, 1, 1)
-            return (x * w).sum(1, keepdim=True)
+            w = np.asarray(_LUMA, dtype=np.float32).reshape((3,) + (1,) * (x.ndim - 1))
+            return (np.asarray(x, dtype=np.float32) * w).sum(0, keepdims=True)
         if c == 1 and self.in_channels == 3:
-            return x.expand(-1, 3, -1, -1)
+            return np.broadcast_to(x, (3, *x.shape[1:]))
         raise InvalidInputError(f"cannot turn {c} channels into {self.in_channels}", self.root / path)
+
+    def _whole(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The item resized whole to ``img_size``, uint8 images scaled to [0, 1] (evaluation without a crop)."""
+        height, width = item["image"].shape[-2:]
+        box = (0, 0, int(height), int(width))
+        out = dict(item)
+        for key, mode in (("image", "bilinear"), ("confidence", "bilinear"), ("fov_mask", "nearest")):
+            if key in item:
+                out[key] = crop_resize(item[key], box, self.img_size, mode)
+        if item["image"].dtype == np.uint8:
+            out["image"] = out["image"] / 255.0
+        return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (key, None) if isinstance(key, int) else (int(key[0]), int(key[1]))
         rec = self.records[index]
-        rng = None if seed is None else np.random.default_rng(seed)
         is_clip = rec.kind == KIND_CINE
         img = self._open(rec.path, 4 if is_clip else 3)
-        height, width = img.shape[-2:]
-        frames = None
+        frames: slice | None = None
         if is_clip:
             n = img.shape[1]
             if n < self.clip_span:
                 raise InvalidInputError(self._short_clip(rec, n), self.root / rec.path)
-            start = int(rng.integers(0, n - self.clip_span + 1)) if rng is not None else 0
-            frames = frame_indices(n, start=start, stride=self.frame_stride, clip_length=self.num_frames)
-        box = random_resized_box(height, width, rng, self.scale, self.ratio)
-
-        image = self._resize(self._channels(self._window(img, frames, box), rec.path), "bilinear")
-        image = image.div_(255.0) if img.dtype == np.uint8 else image
+            start = int(np.random.default_rng(seed).integers(0, n - self.clip_span + 1)) if seed is not None else 0
+            frames = slice(start, start + self.clip_span, self.frame_stride)  # a view: nothing read yet
         out: dict[str, Any] = {"kind": rec.kind}
         if seed is not None:
             out["seed"] = seed  # the sample's own randomness (e.g. its mask), whatever batch or rank it lands in
-        out["image"] = image.transpose(0, 1).contiguous() if is_clip else image[0]
+        out["image"] = self._channels(img[:, frames] if is_clip else img, rec.path)
+        height, width = img.shape[-2:]
         if rec.fov_mask:
-            fov = self._resize(self._window(self._open(rec.fov_mask, 3), None, box), "nearest")[0] > 0
-        else:
-            fov = torch.ones(1, self.img_size, self.img_size, dtype=torch.bool)  # no mask: the whole image
-        out["fov_mask"] = fov
+            out["fov_mask"] = self._open(rec.fov_mask, 3)
+        else:  # no mask: the whole image
+            out["fov_mask"] = np.broadcast_to(np.True_, (1, height, width))
         if self.load_confidence:
-            conf = self._open(str(rec.confidence), img.ndim)
-            c = self._resize(self._window(conf, frames, box)[:, :1], "bilinear").expand(-1, self.in_channels, -1, -1)
-            out["confidence"] = c.transpose(0, 1).contiguous() if is_clip else c[0]
+            conf = self._open(str(rec.confidence), img.ndim)[:1]
+            conf = conf[:, frames] if is_clip else conf
+            out["confidence"] = np.broadcast_to(conf, (self.in_channels, *conf.shape[1:]))
+        if self.img_size is not None:
+            out = self._whole(out)
         if self.transform is not None:
             if seed is not None and isinstance(self.transform, Randomizable):
                 self.transform.set_random_state(seed=seed)
             out = self.transform(out)
-            out = {k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in out.items()}
-        return out
+        return {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else _plain(v) for k, v in out.items()}
+
+
+def _plain(v: Any) -> Any:
+    """MetaTensor -> tensor (cheap collation); anything else unchanged."""
+    return v.as_tensor() if hasattr(v, "as_tensor") else v

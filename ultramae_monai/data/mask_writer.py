@@ -1,7 +1,8 @@
 """Write predicted masks next to nothing but the output folder: the mask in the input's format, plus an overlay.
 
 PNG/JPEG/BMP/TIFF input gives a PNG mask (label ``k`` stored as ``k * (255 // (K - 1))`` so a binary mask is
-0/255 and viewable); DICOM, NIfTI and other volume input gives a NIfTI mask carrying the pixel spacing. Every
+0/255 and viewable); DICOM input gives a NIfTI mask carrying the pixel spacing; a volume (NIfTI, NRRD, MHA)
+gives a NIfTI mask with the file's affine, and the overlay shows its middle slice. Every
 input also gets ``<name>_overlay.png``: the grey image with the foreground tinted red. Names keep the input's
 stem (spaces and parentheses included).
 """
@@ -58,10 +59,25 @@ def write_mask(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.uint8)
-    labels = labels.reshape(labels.shape[-2:])
     meta = dict(meta or {})
     stem = _stem(src)
     written: dict[str, str] = {}
+    if labels.ndim == 4 or meta.get(MetaKeys.KIND) == "volume":  # (1, H, W, D): a NIfTI in the file's space
+        import nibabel as nib
+
+        labels = labels.reshape(labels.shape[-3:])
+        affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+        path = out / f"{stem}_mask.nii.gz"
+        nib.save(nib.Nifti1Image(labels, affine), str(path))
+        written["mask"] = str(path)
+        if image is not None:
+            mid = labels.shape[-1] // 2
+            grey = np.asarray(image, dtype=np.float32).reshape(-1, *labels.shape)[0][..., mid]
+            ov = out / f"{stem}_overlay.png"
+            Image.fromarray(overlay_rgb(grey, labels[..., mid])).save(ov)
+            written["overlay"] = str(ov)
+        return written
+    labels = labels.reshape(labels.shape[-2:])
     if str(meta.get(MetaKeys.SOURCE, "image")) in _PNG_INPUT:
         scale = 255 // max(num_classes - 1, 1)
         path = out / f"{stem}_mask.png"
@@ -114,8 +130,12 @@ class SaveMaskd(MapTransform):
         source = Path(str(meta.get("filename_or_obj", "prediction")))
         image = None
         if source.is_file():
-            raw = load_ultrasound(source, max_frames=1).numpy()
-            image = raw[:, 0] if raw.ndim == 4 and meta.get(MetaKeys.KIND) == "cine" else raw
+            raw = load_ultrasound(source, max_frames=1)
+            if raw.meta.get(MetaKeys.KIND) == "volume":  # write in the file's own space
+                meta["affine"] = raw.meta["affine"]
+                meta[MetaKeys.KIND] = "volume"
+            image = raw.numpy()
+            image = image[:, 0] if image.ndim == 4 and raw.meta.get(MetaKeys.KIND) == "cine" else image
         for key in self.key_iterator(d):
             d[f"{key}_files"] = write_mask(d[key], source, self.output_dir, self.num_classes, meta, image)
         return d

@@ -87,7 +87,12 @@ class UltrasoundDeployApp(Application):
         )
         selector = ultrasound_series_selector(self, name="us_series_selector")
         inference = UltrasoundBundleInferenceOperator(
-            self, runners=self.runners, state=self.state, input_folder=self.input_folder, name="inference"
+            self,
+            runners=self.runners,
+            state=self.state,
+            input_folder=self.input_folder,
+            max_overlay_frames=self.max_overlay_frames,
+            name="inference",
         )
         self.add_flow(loader, selector, {(STUDIES, STUDIES)})
         self.add_flow(loader, inference, {(STUDIES, STUDIES)})
@@ -96,11 +101,7 @@ class UltrasoundDeployApp(Application):
         writers = []
         if "segmentation" in tasks:
             writers.append(DicomSegWriterOperator(self, stage=self.stage, name="dicom_seg_writer"))
-            writers.append(
-                OverlayWriterOperator(
-                    self, stage=self.stage, max_frames=self.max_overlay_frames, name="png_overlay_writer"
-                )
-            )
+            writers.append(OverlayWriterOperator(self, stage=self.stage, name="png_overlay_writer"))
         if "classification" in tasks:
             writers.append(
                 ClassificationWriterOperator(self, stage=self.stage, sr=self.sr, name="classification_writer")

@@ -240,6 +240,11 @@ class BundleRunner:
         if self.task == TASK_CLASSIFICATION:
             logits = torch.as_tensor(pred).float().reshape(-1)
             probs = logits if _is_distribution(logits) else torch.softmax(logits, 0)
+            if probs.numel() != len(self.class_names):
+                raise BundleError(
+                    f"the bundle gave {probs.numel()} class scores for {len(self.class_names)} class_names",
+                    self.bundle_dir,
+                )
             return FramePrediction(index, probabilities=probs.numpy(), meta=meta)
         shape = tuple(frame.shape[-2:])
         return FramePrediction(index, mask=_paste(pred, meta, shape, source), meta=meta)

@@ -36,6 +36,8 @@ US_IMAGE_SOP_CLASSES = frozenset(
         "1.2.840.10008.5.1.4.1.1.3",
     }
 )
+# Enhanced US Volume and Photoacoustic images: 3D / multi-channel objects the 2D bundles do not take
+_NOT_2D_US_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.6.3"})
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _TYPE2_COPIED = (
     "PatientName",
@@ -83,7 +85,8 @@ def read_headers(files: list[Path]) -> tuple[list[Dataset], list[SkippedFile]]:
             skipped.append(SkippedFile(str(path), f"not a readable DICOM file ({type(e).__name__}: {e})"))
             continue
         missing = [k for k in _IDS if not ds.get(k)]
-        if str(ds.get("SOPClassUID", "")) == _DICOMDIR:
+        media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+        if _DICOMDIR in (str(ds.get("SOPClassUID", "")), media_class):
             continue  # the index of a DICOM medium, not an instance
         if missing:
             skipped.append(SkippedFile(str(path), f"DICOM without {', '.join(missing)}"))
@@ -94,8 +97,11 @@ def read_headers(files: list[Path]) -> tuple[list[Dataset], list[SkippedFile]]:
 
 def is_ultrasound_image(ds: Dataset) -> bool:
     """An ultrasound still or cine: an ultrasound image SOP class, or a US modality with rows and columns."""
-    if str(ds.get("SOPClassUID", "")) in US_IMAGE_SOP_CLASSES:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in US_IMAGE_SOP_CLASSES:
         return True
+    if sop_class in _NOT_2D_US_SOP_CLASSES:
+        return False
     modality = str(ds.get("Modality", "") or "").upper()
     return modality in US_MODALITIES and "Rows" in ds and "Columns" in ds and "PixelData" in ds
 

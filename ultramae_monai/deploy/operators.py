@@ -24,9 +24,9 @@ from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-from ultramae_monai.deploy.bundle import TASK_CLASSIFICATION, BundleRunner
+from ultramae_monai.deploy.bundle import TASK_CLASSIFICATION, BundleError, BundleRunner
 from ultramae_monai.deploy.dicom_input import SkippedFile, is_ultrasound_image, list_files, read_headers
-from ultramae_monai.deploy.report_writers import classification_record, write_overlays
+from ultramae_monai.deploy.report_writers import classification_record, preview_frames, write_overlays
 from ultramae_monai.deploy.results import InstanceResult, OutputStage, RunState
 from ultramae_monai.deploy.seg_writer import build_segmentation, write_segmentation
 from ultramae_monai.deploy.sr_writer import write_classification_sr
@@ -61,7 +61,7 @@ class UltrasoundDicomLoaderOperator(DICOMDataLoaderOperator):
         files = list_files(self.input_path)
         datasets, skipped = read_headers(files)
         for s in skipped:
-            _log.warning("skipped %s", s)
+            _log.info("skipped %s", s)
         self.state.skipped.extend(skipped)
         if not datasets:
             self.state.fail(InvalidInputError(f"no readable DICOM file among {len(files)} file(s)", self.input_path))
@@ -97,9 +97,17 @@ class UltrasoundBundleInferenceOperator(Operator):
     """
 
     def __init__(
-        self, fragment: Fragment, *args, runners: list[BundleRunner], state: RunState, input_folder: Path, **kwargs
+        self,
+        fragment: Fragment,
+        *args,
+        runners: list[BundleRunner],
+        state: RunState,
+        input_folder: Path,
+        max_overlay_frames: int = 16,
+        **kwargs,
     ) -> None:
         self.runners = runners
+        self.max_overlay_frames = max_overlay_frames
         self.state = state
         self.input_folder = Path(input_folder)
         super().__init__(fragment, *args, **kwargs)
@@ -135,7 +143,15 @@ class UltrasoundBundleInferenceOperator(Operator):
                 )
             )
             return
-        results = [r for r in (self._run(ds) for ds in usable) if r is not None]
+        results = []
+        for ds in usable:
+            try:
+                result = self._run(ds)
+            except BundleError as e:  # the bundle, not the file: every instance would fail the same way
+                self.state.fail(e)
+                return
+            if result is not None:
+                results.append(result)
         if not results:
             self.state.fail(InvalidInputError("no ultrasound instance could be read", self.input_folder))
             return
@@ -150,16 +166,18 @@ class UltrasoundBundleInferenceOperator(Operator):
                 image = runner.load(path)
                 preds = runner.predict(image)
                 if result is None:
-                    result = InstanceResult(path=path, header=ds, image=image)
+                    result = InstanceResult(path, ds, preview_frames(image, self.max_overlay_frames))
                 if runner.task == TASK_CLASSIFICATION:
                     result.classifications[runner.name] = (runner.class_names, _stack(p.probabilities for p in preds))
                 else:
                     labels = runner.segment_names or _default_labels(preds)
                     result.segmentations[runner.name] = (labels, _stack(p.mask for p in preds))
             return result
+        except BundleError:
+            raise
         except UltraMAEError as e:
             skipped = SkippedFile(path, e.cause)
-            _log.warning("skipped %s", skipped)
+            _log.info("skipped %s", skipped)
             self.state.skipped.append(skipped)
             return None
 
@@ -223,12 +241,8 @@ class ClassificationWriterOperator(_WriterOperator):
 class OverlayWriterOperator(_WriterOperator):
     """PNG overlays of the segmentation: ``<SOPInstanceUID>/<bundle>/overlay/frame_NNNN.png``."""
 
-    def __init__(self, fragment: Fragment, *args, stage: OutputStage, max_frames: int = 16, **kwargs) -> None:
-        self.max_frames = max_frames
-        super().__init__(fragment, *args, stage=stage, **kwargs)
-
     def write(self, instance: InstanceResult) -> None:
         for bundle in instance.segmentations:
             folder = self.stage.path(instance.sop_instance_uid, bundle, "overlay", "x").parent
-            for path in write_overlays(instance, bundle, folder, self.max_frames):
+            for path in write_overlays(instance, bundle, folder):
                 instance.outputs.append(str(path.relative_to(self.stage.root)))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ultramae_monai.deploy.results import InstanceResult
 
-__all__ = ["OVERLAY_COLORS", "classification_record", "overlay_frames", "write_overlays"]
+__all__ = ["OVERLAY_COLORS", "classification_record", "overlay_frames", "preview_frames", "write_overlays"]
 
 OVERLAY_COLORS = np.array([[255, 64, 64], [64, 200, 255], [255, 210, 0], [120, 255, 120]], np.float32)
 _ALPHA = 0.4
@@ -48,15 +49,22 @@ def _to_rgb8(frame: np.ndarray) -> np.ndarray:
     return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
 
 
-def write_overlays(instance: InstanceResult, bundle: str, folder: Path, max_frames: int = 16) -> list[Path]:
-    """PNG of each chosen frame with the label map blended in colour (label ``k`` in ``OVERLAY_COLORS[k-1]``)."""
+def preview_frames(image: torch.Tensor, max_frames: int) -> dict[int, np.ndarray]:
+    """The frames the overlays will show, as ``(H, W, 3)`` uint8: all a cine needs to keep for its PNGs."""
+    array = image.detach().cpu().numpy()
+    frames = array[:, None] if array.ndim == 3 else array  # (C, T, H, W)
+    return {
+        t: np.clip(_to_rgb8(frames[:, t]), 0, 255).astype(np.uint8) for t in overlay_frames(frames.shape[1], max_frames)
+    }
+
+
+def write_overlays(instance: InstanceResult, bundle: str, folder: Path) -> list[Path]:
+    """PNG of each preview frame with the label map blended in colour (label ``k`` in ``OVERLAY_COLORS[k-1]``)."""
     _, maps = instance.segmentations[bundle]
-    image = instance.image.detach().cpu().numpy()
-    frames = image[:, None] if image.ndim == 3 else image  # (C, T, H, W)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for t in overlay_frames(maps.shape[0], max_frames):
-        rgb = _to_rgb8(frames[:, t])
+    for t, frame in sorted(instance.preview.items()):
+        rgb = frame.astype(np.float32)
         for k in range(1, int(maps[t].max()) + 1):
             sel = maps[t] == k
             rgb[sel] = (1 - _ALPHA) * rgb[sel] + _ALPHA * OVERLAY_COLORS[(k - 1) % len(OVERLAY_COLORS)]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import MetaTensor
 from pydicom.dataset import Dataset
 
 import ultramae_monai
@@ -33,7 +32,7 @@ class InstanceResult:
 
     path: str
     header: Dataset
-    image: MetaTensor
+    preview: dict[int, np.ndarray] = field(default_factory=dict)  # frame: (H, W, 3) uint8, for the PNG overlays
     segmentations: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # bundle: (labels, (T,H,W))
     classifications: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # bundle: (names, (T,K))
     outputs: list[str] = field(default_factory=list)

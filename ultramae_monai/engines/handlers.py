@@ -245,9 +245,11 @@ class MetricsLogger:
         self.batch_size, self.validator, self.total_steps = batch_size, validator, total_steps
         self._epoch_losses: list[float] = []
         self._window = (0.0, 0, 0)  # (time, step, samples) at the last progress line
+        self._started = False
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.started)
+        # the first epoch start comes after a resume has set the counters (the checkpoint loads at STARTED)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
@@ -257,6 +259,9 @@ class MetricsLogger:
                 f.write(json.dumps(row) + "\n")
 
     def started(self, engine: Engine) -> None:
+        if self._started:
+            return
+        self._started = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = self.total_steps or engine.state.epoch_length * engine.state.max_epochs
         self.total_steps = total

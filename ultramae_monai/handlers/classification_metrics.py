@@ -104,6 +104,19 @@ def _stack(output: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
+def _gathered(probs: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's predictions, or every rank's under ``torch.distributed`` (uneven shards allowed)."""
+    p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    y = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return p, y
+    from monai.utils import evenly_divisible_all_gather
+
+    p = evenly_divisible_all_gather(torch.as_tensor(p, dtype=torch.float32), concat=True).numpy()
+    y = evenly_divisible_all_gather(torch.as_tensor(y, dtype=torch.int64), concat=True).numpy()
+    return p, y
+
+
 class ClassificationMetric(Metric):
     """One scalar of :func:`classification_metrics` as an ignite metric (usable as the key validation metric).
 
@@ -129,9 +142,10 @@ class ClassificationMetric(Metric):
         self._labels.append(y)
 
     def compute(self) -> float:
-        if not self._probs:
+        probs, labels = _gathered(self._probs, self._labels)
+        if not len(labels):
             return float("nan")
-        return classification_metrics(np.concatenate(self._probs), np.concatenate(self._labels))[self.metric]
+        return classification_metrics(probs, labels)[self.metric]
 
 
 class ClassificationReport:
@@ -167,7 +181,8 @@ class ClassificationReport:
         self._labels.append(y)
 
     def _write(self, engine: Engine) -> None:
-        report = classification_metrics(np.concatenate(self._probs), np.concatenate(self._labels), self.class_names)
+        probs, labels = _gathered(self._probs, self._labels)
+        report = classification_metrics(probs, labels, self.class_names)
         scalars = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
         report = {**scalars, **report}
         self.output_dir.mkdir(parents=True, exist_ok=True)

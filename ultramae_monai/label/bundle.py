@@ -22,7 +22,7 @@ from monai.transforms import Compose, LoadImage, LoadImaged
 
 from ultramae_monai.errors import UltraMAEError
 
-__all__ = ["ARCHITECTURE_KEYS", "BundleError", "SegmentationBundle", "TrainIds", "load_weights"]
+__all__ = ["ARCHITECTURE_KEYS", "BundleError", "InferencePipeline", "SegmentationBundle", "TrainIds", "load_weights"]
 
 
 class BundleError(UltraMAEError):
@@ -50,7 +50,16 @@ class TrainIds:
 
 #: settings of a trained model (``settings.json`` beside its weights) that fix the network's architecture and
 #: input scaling: a fine-tuning run that starts from those weights must use the same values
-ARCHITECTURE_KEYS = ("preset", "tubelet", "in_channels", "img_size", "decoder", "class_names", "intensity")
+ARCHITECTURE_KEYS = (
+    "preset",
+    "tubelet",
+    "in_channels",
+    "encoder_options",
+    "img_size",
+    "decoder",
+    "class_names",
+    "intensity",
+)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -83,9 +92,7 @@ class SegmentationBundle:
         self.weights = self.bundle_dir / "models" / "model.pt"
         if not self.inference_config.is_file():
             raise BundleError("not a segmentation bundle: configs/inference.json is missing", self.bundle_dir)
-        self.parser = self._parser(self.inference_config)
-        if "ckpt" in self.parser:  # the bundle reads its architecture from the settings beside these weights
-            self.parser["ckpt"] = str(self.weights)
+        self.parser = self.inference_parser(self.weights)
         for key in ("network_def", "preprocessing", "inferer", "postprocessing"):
             if key not in self.parser:
                 raise BundleError(f"inference.json defines no {key!r}", self.inference_config)
@@ -99,13 +106,21 @@ class SegmentationBundle:
         parser.update(self.overrides)
         return parser
 
+    def inference_parser(self, weights: str | os.PathLike) -> ConfigParser:
+        """``inference.json`` for ``weights``: the bundle reads the architecture (``settings``) beside its ``ckpt``."""
+        parser = self._parser(self.inference_config)
+        if "ckpt" in parser:
+            parser["ckpt"] = str(weights)
+        return parser
+
     def get(self, key: str, default: Any = None) -> Any:
-        """A parsed value of ``inference.json`` (``default`` when absent)."""
+        """A parsed value of ``inference.json`` for the bundle's weights (``default`` when absent)."""
         return self.parser.get_parsed_content(key) if key in self.parser else default
 
-    def settings(self) -> dict[str, Any]:
-        """The architecture settings of the bundle's weights (``settings.json`` beside them), ``{}`` when none."""
-        settings = self.get("settings", {}) if "ckpt" in self.parser else {}
+    def settings(self, weights: str | os.PathLike | None = None) -> dict[str, Any]:
+        """The architecture settings beside ``weights`` (default: the bundle's), ``{}`` when there are none."""
+        parser = self.parser if weights is None else self.inference_parser(weights)
+        settings = parser.get_parsed_content("settings") if "settings" in parser and "ckpt" in parser else {}
         return {k: v for k, v in dict(settings or {}).items() if k in ARCHITECTURE_KEYS}
 
     def labels(self) -> dict[str, int]:
@@ -117,43 +132,50 @@ class SegmentationBundle:
             return {str(n): i for i, n in enumerate(names) if i > 0}
         return {"foreground": 1}
 
-    def network(self, weights: str | os.PathLike | None = None) -> torch.nn.Module:
-        """A fresh ``network_def`` with ``weights`` (default: the bundle's ``models/model.pt``), in eval mode."""
+    def pipeline(self, weights: str | os.PathLike | None = None) -> InferencePipeline:
+        """Everything inference needs for ``weights`` (default: the bundle's), parsed with their settings."""
         path = Path(weights) if weights else self.weights
         if not path.is_file():
             raise BundleError("weights file is missing", path)
-        net = self.parser.get_parsed_content("network_def", instantiate=True, lazy=False)
+        parser = self.inference_parser(path)
+        net = parser.get_parsed_content("network_def")
         try:
             net.load_state_dict(load_weights(path))
         except RuntimeError as e:
             raise BundleError(f"weights do not fit network_def ({e})", path) from e
-        return net.eval()
-
-    def preprocessing(self) -> tuple[Callable, Compose]:
-        """The bundle's loader (its first transform, a ``LoadImage(d)``) and the rest of ``preprocessing``.
-
-        Split so that a cine is loaded once and each frame goes through the rest as a 2D image.
-        """
-        pre = self.parser.get_parsed_content("preprocessing")
+        pre = parser.get_parsed_content("preprocessing")
         transforms = list(pre.transforms) if isinstance(pre, Compose) else [pre]
         if not transforms or not isinstance(transforms[0], (LoadImaged, LoadImage)):
             raise BundleError("preprocessing must start with LoadImaged (the ultrasound reader)", self.inference_config)
-        return transforms[0], Compose(transforms[1:])
+        # one parser for all pieces, so an Invertd on @preprocessing inverts the very transforms that ran
+        return InferencePipeline(
+            network=net.eval(),
+            loader=transforms[0],
+            frame_preprocessing=Compose(transforms[1:]),
+            inferer=parser.get_parsed_content("inferer"),
+            postprocessing=parser.get_parsed_content("postprocessing"),
+            weights=path,
+        )
 
-    def inferer(self) -> Callable:
-        return self.parser.get_parsed_content("inferer")
-
-    def postprocessing(self) -> Callable:
-        """Parsed from the same parser as :meth:`preprocessing`, so an ``Invertd`` on ``@preprocessing`` inverts the
-        very transform instances that ran (MONAI checks their ids)."""
-        return self.parser.get_parsed_content("postprocessing")
-
-    def train_parser(self, overrides: Mapping[str, Any]) -> ConfigParser:
-        """``train.json`` with the architecture of the bundle's weights, the bundle-wide overrides, then ``overrides``
-        (data list, epochs, output)."""
+    def train_parser(self, overrides: Mapping[str, Any], weights: str | os.PathLike | None = None) -> ConfigParser:
+        """``train.json`` with the architecture of ``weights`` (the run's starting point; ``None``: the pretrained
+        encoder's, which the bundle reads itself), the bundle-wide overrides, then ``overrides``."""
         if not self.train_config.is_file():
             raise BundleError("the bundle has no configs/train.json: it cannot be fine-tuned", self.bundle_dir)
         parser = self._parser(self.train_config)
-        arch = {k: v for k, v in self.settings().items() if k in parser and k not in self.overrides}
-        parser.update({**arch, **dict(overrides)})
+        arch = self.settings(weights) if weights is not None else {}
+        parser.update({**{k: v for k, v in arch.items() if k in parser and k not in self.overrides}, **dict(overrides)})
         return parser
+
+
+@dataclass
+class InferencePipeline:
+    """The inference pieces of one weights file: the loader (the first preprocessing transform) apart from the
+    rest, so a cine is loaded once and each frame goes through the rest as a 2D image."""
+
+    network: torch.nn.Module
+    loader: Callable
+    frame_preprocessing: Compose
+    inferer: Callable
+    postprocessing: Callable
+    weights: Path

@@ -14,6 +14,7 @@ from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
+from ultramae_monai.data.load import load_ultrasound
 from ultramae_monai.label.http_errors import as_http
 from ultramae_monai.label.infer import write_mask
 from ultramae_monai.label.validation import check_ultrasound_file, image_size, read_label_mask
@@ -46,6 +47,7 @@ class UltrasoundDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         with as_http():
             check_ultrasound_file(image_filename)
+            load_ultrasound(image_filename, max_frames=1)  # decodable (one frame of a cine is enough to know)
         return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from PIL import Image
 from ultramae_monai.data.convention import KIND_CINE, KIND_STILL, MetaKeys, kind_of, make_metatensor
 from ultramae_monai.data.load import load_ultrasound
 from ultramae_monai.errors import InvalidInputError, UltraMAEError, UnreadableFileError
-from ultramae_monai.label.bundle import BundleError, SegmentationBundle
+from ultramae_monai.label.bundle import BundleError, InferencePipeline, SegmentationBundle
 from ultramae_monai.label.validation import check_ultrasound_file, single_instance
 
 __all__ = ["UltraMAESegmentationInfer", "frames_of", "write_mask"]
@@ -88,10 +88,7 @@ class UltraMAESegmentationInfer(BasicInferTask):
             description="UltraMAE segmentation of 2D ultrasound images and cine frames",
             config={"frame": ""},
         )
-        self._loader, self._frame_pre = bundle.preprocessing()
-        self._inferer = bundle.inferer()
-        self._post = bundle.postprocessing()
-        self._net: tuple[torch.nn.Module, str, float] | None = None
+        self._pipeline: tuple[InferencePipeline, float] | None = None
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
@@ -102,8 +99,9 @@ class UltraMAESegmentationInfer(BasicInferTask):
         """The app's fine-tuned model when training has written one, else the bundle's weights."""
         return self.model_file if self.model_file.is_file() else self.bundle.weights
 
-    def load_network(self, device: torch.device) -> torch.nn.Module:
-        """The network with the newest weights, reloaded when the weights file changes."""
+    def pipeline(self) -> InferencePipeline:
+        """The bundle's inference pieces for the newest weights, parsed again when the weights file changes (a
+        fine-tuned model may carry other settings, e.g. the pretrained encoder's intensity statistics)."""
         path = self.weights_path()
         if not path.is_file():
             raise BundleError(
@@ -113,24 +111,32 @@ class UltraMAESegmentationInfer(BasicInferTask):
             )
         mtime = path.stat().st_mtime
         with self._lock:
-            if self._net is None or self._net[1:] != (str(path), mtime):
+            if self._pipeline is None or (self._pipeline[0].weights, self._pipeline[1]) != (path, mtime):
                 logger.info(f"loading segmentation weights {path}")
-                self._net = (self.bundle.network(path), str(path), mtime)
-            return self._net[0].to(device)
+                self._pipeline = (self.bundle.pipeline(path), mtime)
+            return self._pipeline[0]
+
+    def load_network(self, device: torch.device) -> torch.nn.Module:
+        """The network with the newest weights, on ``device``."""
+        return self.pipeline().network.to(device)
 
     # BasicInferTask hooks: this task runs its own pipeline in __call__, frame by frame.
     def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
-        return [self._loader]
+        return [self.pipeline().loader]
 
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         return []
 
-    def probabilities(self, image_path: str, device: torch.device, frame: int | None = None) -> tuple[Any, list]:
-        """Load and preprocess ``image_path``; per frame, the preprocessed dict with ``"pred"`` logits ``(K, h, w)``."""
+    def probabilities(
+        self, image_path: str, device: torch.device, frame: int | None = None
+    ) -> tuple[Any, list, InferencePipeline]:
+        """Load and preprocess ``image_path``; per frame, the preprocessed dict with ``"pred"`` logits ``(K, h, w)``;
+        and the pipeline that made them."""
         image_path = single_instance(image_path)
         check_ultrasound_file(image_path)
+        pipe = self.pipeline()
         try:
-            loaded = self._loader({"image": image_path})
+            loaded = pipe.loader({"image": image_path})
         except UltraMAEError:
             raise
         except Exception as e:  # LoadImage hides the ultrasound reader's error: ask the reader for its one line
@@ -145,30 +151,32 @@ class UltraMAESegmentationInfer(BasicInferTask):
             if not -len(frames) <= frame < len(frames):
                 raise InvalidInputError(f"frame {frame} is out of range: the file has {len(frames)}", image_path)
             frames = [frames[frame]]
-        net = self.load_network(device)
+        net = pipe.network.to(device)
         out = []
         for start in range(0, len(frames), self.batch_frames):
-            items = [self._frame_pre({**loaded, "image": f}) for f in frames[start : start + self.batch_frames]]
+            items = [
+                pipe.frame_preprocessing({**loaded, "image": f}) for f in frames[start : start + self.batch_frames]
+            ]
             batch = torch.stack([torch.as_tensor(d["image"]) for d in items]).to(device)
             with torch.no_grad():
-                logits = self._inferer(batch, net)
+                logits = pipe.inferer(batch, net)
             for d, lg in zip(items, logits, strict=True):
                 d["pred"] = lg.cpu()
                 out.append(d)
-        return image, out
+        return image, out, pipe
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str, dict[str, Any]]:
         req = {**self._config, **request}
         device = torch.device("cuda" if torch.cuda.is_available() and "cuda" in str(req.get("device")) else "cpu")
         frame = req.get("frame")
         frame = int(frame) if frame not in (None, "") else None
-        image, items = self.probabilities(str(req["image"]), device, frame)
+        image, items, pipe = self.probabilities(str(req["image"]), device, frame)
         masks = []
         for d in items:
             d["pred"] = MetaTensor(d["pred"], meta=dict(d["image"].meta) if isinstance(d["image"], MetaTensor) else {})
             if isinstance(d["image"], MetaTensor):
                 d["pred"].applied_operations = list(d["image"].applied_operations)
-            pred = self._post(d)["pred"]
+            pred = pipe.postprocessing(d)["pred"]
             masks.append(np.asarray(torch.as_tensor(pred).detach().cpu()).reshape(pred.shape[-2:]))
         size = tuple(image.shape[-2:])
         if any(m.shape != size for m in masks):
@@ -183,7 +191,7 @@ class UltraMAESegmentationInfer(BasicInferTask):
             "kind": KIND_STILL if still else KIND_CINE,
             "shape": list(mask.shape),
             "foreground_fraction": float((mask > 0).mean()),
-            "weights": self.weights_path().name,
+            "weights": pipe.weights.name,
             "label_names": self.labels,
         }
         return path, result

@@ -53,7 +53,7 @@ class UncertaintyScoring(ScoringMethod):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         device = torch.device("cuda" if torch.cuda.is_available() and "cuda" in str(request.get("device")) else "cpu")
         version = self.model_version()
-        net = self.infer.load_network(device)
+
         scores: dict[str, float] = {}
         skipped: dict[str, str] = {}
         for image_id in datastore.get_unlabeled_images():
@@ -62,12 +62,12 @@ class UncertaintyScoring(ScoringMethod):
                 scores[image_id] = float(stored["score"])
                 continue
             try:
-                _, items = self.infer.probabilities(datastore.get_image_uri(image_id), device)
+                _, items, pipe = self.infer.probabilities(datastore.get_image_uri(image_id), device)
             except UltraMAEError as e:  # one bad file is reported, the others are still scored
                 skipped[image_id] = str(e)
                 continue
             batch = torch.stack([torch.as_tensor(d["image"]) for d in items]).to(device)
-            score = float(tta_entropy(net, self.infer._inferer, batch).mean())
+            score = float(tta_entropy(pipe.network, pipe.inferer, batch).mean())
             if not math.isfinite(score):
                 skipped[image_id] = "non-finite score"
                 continue

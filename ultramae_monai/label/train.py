@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
+from ultramae_monai.engines.finetune import SETTINGS_NAME
 from ultramae_monai.errors import InvalidInputError
 from ultramae_monai.label.bundle import SegmentationBundle, TrainIds, load_weights
 
@@ -146,7 +148,8 @@ class UltraMAESegmentationTrain(BasicTrainTask):
         output_dir = Path(self._model_dir) / str(request.get("name", "ultramae_segmentation"))
         output_dir.mkdir(parents=True, exist_ok=True)
         ids = self.ids
-        parser = self.bundle.train_parser(self.overrides(request, datalist, output_dir))
+        source = self.start_weights(request)
+        parser = self.bundle.train_parser(self.overrides(request, datalist, output_dir), weights=source)
         try:
             network = parser.get_parsed_content(ids.network)
             if ids.initialize in parser:
@@ -154,12 +157,15 @@ class UltraMAESegmentationTrain(BasicTrainTask):
             trainer = parser.get_parsed_content(ids.trainer)
         except SystemExit as e:  # the bundle's entry points exit with "error: <file>: <cause>" on bad input
             raise InvalidInputError(str(e.code).removeprefix("error: ")) from e
-        source = self.start_weights(request)
+        encoder = parser[ids.pretrained] if ids.pretrained in parser else "none"
         if source is not None:
             network.load_state_dict(load_weights(source))
-        logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or 'the pretrained encoder'}")
+        logger.info(f"fine-tuning on {len(datalist)} labelled images from {source or f'the encoder {encoder}'}")
         trainer.run()
         self.model_file.parent.mkdir(parents=True, exist_ok=True)
+        settings = output_dir / SETTINGS_NAME  # the run's architecture, read beside the weights at inference
+        if settings.is_file():
+            shutil.copyfile(settings, self.model_file.parent / SETTINGS_NAME)
         tmp = self.model_file.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
         os.replace(tmp, self.model_file)  # atomic: the infer task never sees half a file
@@ -171,7 +177,7 @@ class UltraMAESegmentationTrain(BasicTrainTask):
             "iterations": int(trainer.state.iteration),
             "images": len(datalist),
             "loss": float(loss) if loss is not None else None,
-            "start_weights": str(source) if source else "pretrained encoder",
+            "start_weights": str(source) if source else f"pretrained encoder: {encoder}",
             "model_file": str(self.model_file),
             "start_ts": int(start),
         }

@@ -2,7 +2,9 @@
 
 from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, UltrasoundConfidenceMapd
 from ultramae_monai.transforms.drop_meta import DropMetad
+from ultramae_monai.transforms.fill_outline import FillOutlined
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.random_resized_crop import RandResizedCrop, RandResizedCropd, random_resized_box
 from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
@@ -15,6 +17,9 @@ from ultramae_monai.transforms.scan_region import (
 __all__ = [
     "REGIONS_META_KEY",
     "DropMetad",
+    "FillOutlined",
+    "RandResizedCrop",
+    "RandResizedCropd",
     "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",
@@ -23,6 +28,7 @@ __all__ = [
     "apply_fov",
     "detect_fov_mask",
     "fov_box",
+    "random_resized_box",
     "regions_from_meta",
     "regions_mask",
     "restore_geometry",

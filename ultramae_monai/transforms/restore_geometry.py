@@ -23,8 +23,16 @@ __all__ = ["RestoreGeometryd", "restore_geometry"]
 
 
 def restore_geometry(pred: torch.Tensor, meta: Mapping[str, Any], mode: str = "nearest") -> torch.Tensor:
-    """``(K, h, w)`` prediction -> ``(K, H, W)`` on the original still's grid; zeros outside the scan region."""
+    """``(K, h, w)`` prediction -> ``(K, H, W)`` on the original still's grid; zeros outside the scan region.
+
+    A volume ``(K, h, w, d)`` is resized back to the file's ``(H, W, D)``.
+    """
     shape = meta.get(MetaKeys.ORIGINAL_SHAPE)
+    if pred.ndim == 4:
+        size = tuple(int(v) for v in shape[-3:]) if shape is not None else tuple(pred.shape[1:])
+        x = torch.as_tensor(pred).float()[None]
+        kwargs = {"align_corners": False} if mode in ("bilinear", "trilinear") else {}
+        return F.interpolate(x, size=size, mode="trilinear" if mode == "bilinear" else mode, **kwargs)[0]
     height, width = (int(shape[-2]), int(shape[-1])) if shape is not None else tuple(pred.shape[-2:])
     box = meta.get(MetaKeys.FOV_BOX) or [0, 0, height, width]
     r0, c0, r1, c1 = (int(v) for v in box)
