@@ -169,17 +169,15 @@ def _epoch_manifest(curated: Path, batch_size: int, steps_per_epoch: int = 50) -
     return path, len(records) * repeats
 
 
-def _heldout_tensors(curated_held: Path, img_size: int, normalize: Any) -> dict[str, torch.Tensor]:
-    """The held-out stills as the pretraining data pipeline sees them (whole image, no augmentation)."""
+def _heldout_tensors(curated_held: Path, preprocessing: Any) -> dict[str, torch.Tensor]:
+    """The held-out stills through the bundle's validation preprocessing (whole image resized, normalised)."""
     from ultramae_monai.data import ManifestDataset
 
-    ds = ManifestDataset(
-        dataset_dir=str(curated_held), split=None, img_size=img_size, num_frames=1, transform=normalize
-    )
+    ds = ManifestDataset(dataset_dir=str(curated_held), split=None, num_frames=1, transform=preprocessing)
     items = [ds[i] for i in range(len(ds))]
     return {
-        "image": torch.stack([it["image"] for it in items]),
-        "fov_mask": torch.stack([it["fov_mask"] for it in items]),
+        "image": torch.stack([torch.as_tensor(it["image"]).float() for it in items]),
+        "fov_mask": torch.stack([torch.as_tensor(it["fov_mask"]) > 0 for it in items]),
     }
 
 
@@ -292,7 +290,7 @@ def run_demo(out: str | Path = "demo_out", settings: DemoSettings | None = None)
         parser["manifest"] = str(manifest)
         seed_everything(settings.seed)
         model = parser.get_parsed_content("network")
-        held = _heldout_tensors(out / "curated_heldout", settings.img_size, parser.get_parsed_content("normalize"))
+        held = _heldout_tensors(out / "curated_heldout", parser.get_parsed_content("validate#preprocessing"))
         held["intensity"] = (float(parser["intensity_mean"]), float(parser["intensity_std"]))
         before = reconstruction_score(model, held["image"], held["fov_mask"])
         progress.say(f"held-out reconstruction error / mean-of-visible baseline before training: {before.ratio:.3f}")

@@ -8,7 +8,6 @@ which is what the deploy app and MONAI Label load.
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,12 +70,12 @@ def finetune_segmentation(
             "amp": False,
         }
     )
-    data = parser.get_parsed_content("data")
-    per_epoch = max(math.ceil(len(data["train"]) / batch_size), 1)
-    parser["max_epochs"] = max(math.ceil(steps / per_epoch), 1)
+    parser["max_epochs"] = f"$max(1, -(-{int(steps)} // len(@train#dataloader)))"  # epochs covering ``steps``
     parser.parse()
     parser.get_parsed_content("initialize")  # seeds, data lists, encoder from the checkpoint, settings.json
+    data = parser.get_parsed_content("data")
     trainer = parser.get_parsed_content("train#trainer")
+    per_epoch = len(parser.get_parsed_content("train#dataloader"))
     evaluator = parser.get_parsed_content("validate#evaluator")
     losses: list[tuple[float, float]] = []
     val_dice: list[tuple[float, float]] = []
@@ -100,7 +99,7 @@ def finetune_segmentation(
     return {
         "train_images": len(data["train"]),
         "val_images": len(data["val"]),
-        "epochs": int(parser["max_epochs"]),
+        "epochs": int(trainer.state.max_epochs),
         "iterations": int(trainer.state.iteration),
         "losses": losses,
         "val_dice": val_dice,
