@@ -249,7 +249,7 @@ def test_module_entry_point(seg_bundle: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=300,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / RESULT_FILE).read_text())

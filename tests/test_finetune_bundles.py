@@ -37,7 +37,7 @@ def _run(bundle: Path, config: str, **overrides) -> None:
 
 @pytest.fixture(scope="module")
 def pretrain_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretraining checkpoint (contract 1 layout) of a micro UltraMAE after two optimiser steps."""
+    """A pretraining checkpoint (network + meta layout) of a micro UltraMAE after two optimiser steps."""
     torch.manual_seed(0)
     model = UltraMAE(preset="micro", tubelet=(2, 8, 8), img_size=32, target="pixel", decoder_depth=1, decoder_dim=32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -274,7 +274,7 @@ def test_multi_gpu_config_trains_under_torchrun(busi_small: Path, tmp_path: Path
         "--img_size", "32", "--max_epochs", "1", "--batch_size", "2", "--num_workers", "0",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLES.parent)}
-    proc = subprocess.run(cmd, cwd=CLS, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=CLS, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(out / "model.pt", weights_only=True)
     assert state and not any(k.startswith("module.") for k in state)

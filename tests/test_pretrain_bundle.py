@@ -20,7 +20,7 @@ import torch
 from test_pretrain_data import make_manifest
 
 from ultramae_monai.data.manifest import read_manifest
-from ultramae_monai.engines import FAULT_KILL_ENV
+from ultramae_monai.handlers import FAULT_KILL_ENV
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultramae_pretrain"
 TINY = [
@@ -75,7 +75,7 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         sys.executable,
         *_bundle_cmd(out, data_dir, "--max_epochs", "2", "--checkpoint_every", "4", "--num_workers", "1"),
     ]
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -109,14 +109,14 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_curve(
         *_bundle_cmd(out, data_dir, "--max_epochs", "2", "--checkpoint_every", "4", "--num_workers", "0"),
     ]
     # the trainer SIGKILLs itself right after step 6: a chosen step, not a moment caught by polling
-    killed = subprocess.run(cmd, cwd=BUNDLE, env={**ENV, FAULT_KILL_ENV: "6"}, capture_output=True, timeout=240)
+    killed = subprocess.run(cmd, cwd=BUNDLE, env={**ENV, FAULT_KILL_ENV: "6"}, capture_output=True, timeout=1200)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert _loss_steps(out) == [1, 2, 3, 4, 5, 6]
     state = torch.load(out / "checkpoints" / "checkpoint_step00000004.pt", weights_only=True)
     assert state["sampler"]["position"] == 4 and state["epoch"] == 0  # the resume point is mid-epoch
     assert not (out / "checkpoints" / "checkpoint_step00000006.pt").exists()
 
-    resumed = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     n = 2 * epoch_steps
     # a resume, not a restart: after the killed run's 6 steps, the log continues at step 5 (checkpoint 4 + 1)
@@ -134,11 +134,11 @@ def test_torchrun_two_processes_match_one_process(data_dir: Path, tmp_path: Path
     two = _bundle_cmd(tmp_path / "ddp", data_dir, *common, "--batch_size", "2", "--clip_batch_size", "2",
                       configs=("train.json", "multi_gpu_train.json"))  # fmt: skip
     cmd = [torchrun, "--standalone", "--nnodes", "1", "--nproc_per_node", "2", *two]
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "effective batch 4 (2 ranks x 2)" in proc.stdout + proc.stderr
     one = [sys.executable, *_bundle_cmd(tmp_path / "one", data_dir, *common)]
-    proc = subprocess.run(one, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(one, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     ddp, single = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
@@ -155,13 +155,13 @@ def test_torchrun_two_processes_match_one_process(data_dir: Path, tmp_path: Path
 
 
 def test_inference_exports_the_encoder_and_monai_verifies_the_net(reference: Path, tmp_path: Path) -> None:
-    """``inference.json`` writes ``models/encoder.pt`` (contract 1); MONAI's ``verify_net_in_out`` passes."""
+    """``inference.json`` writes ``models/encoder.pt`` ({"encoder", "meta"}); MONAI's ``verify_net_in_out`` passes."""
     from ultramae_monai.networks import UltraMAEEncoder
 
     export = tmp_path / "models" / "encoder.pt"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
            "--output_dir", str(reference), "--export_path", str(export)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exported = torch.load(export, weights_only=True)
     arch = dict(exported["meta"]["architecture"])
@@ -176,13 +176,13 @@ def test_inference_exports_the_encoder_and_monai_verifies_the_net(reference: Pat
 
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
 
 def test_a_missing_manifest_ends_with_one_line_naming_it(tmp_path: Path) -> None:
     cmd = [sys.executable, *_bundle_cmd(tmp_path / "out", tmp_path / "nowhere", "--max_epochs", "1")]
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == f"error: manifest not found: {tmp_path / 'nowhere' / 'manifest.jsonl'}", proc.stderr[-2000:]

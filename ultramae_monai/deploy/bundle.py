@@ -1,7 +1,7 @@
 """A fine-tuned bundle as the deploy app sees it: ``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``.
 
-The bundle is read only through ``monai.bundle.ConfigParser`` on the ids of the bundle contract (briefing,
-contract 4), never by importing bundle code, so any bundle that follows it (segmentation: logits ``(B, K, H, W)``;
+The bundle is read only through ``monai.bundle.ConfigParser`` on the model-zoo ids above (docs/architecture.md),
+never by importing bundle code, so any bundle that follows it (segmentation: logits ``(B, K, H, W)``;
 classification: logits ``(B, K)`` and ``class_names``) runs here unchanged.
 
 Why not ``MonaiBundleInferenceOperator``: it expects a TorchScript model and runs one whole image per call. A cine

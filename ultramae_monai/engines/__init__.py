@@ -31,14 +31,6 @@ from ultramae_monai.engines.finetune import (
     read_settings,
     write_settings,
 )
-from ultramae_monai.engines.handlers import (
-    FAULT_KILL_ENV,
-    KindSamplerHandler,
-    MetricsLogger,
-    PretrainCheckpoint,
-    ReconstructionPreview,
-    StopAtStep,
-)
 from ultramae_monai.engines.layer_decay import layer_decay_param_groups
 from ultramae_monai.engines.mae_step import (
     DistributedMaskedLoss,
@@ -62,17 +54,11 @@ from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state, see
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "FAULT_KILL_ENV",
     "CheckpointManager",
     "DistributedMaskedLoss",
-    "KindSamplerHandler",
     "MAEEvalIteration",
     "MAEIteration",
-    "MetricsLogger",
     "NonFiniteLossError",
-    "PretrainCheckpoint",
-    "ReconstructionPreview",
-    "StopAtStep",
     "WarmupCosine",
     "all_gather_objects",
     "atomic_save",

@@ -149,7 +149,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
 
 
 def export_encoder(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Write ``{"encoder": encoder state dict (no prefix), "meta": the checkpoint's meta}`` (contract 1), atomically.
+    """Write ``{"encoder": encoder state dict (no prefix), "meta": the checkpoint's meta}``, atomically.
 
     Returns ``path``. The checkpoint is read with ``weights_only=True``; one without ``meta`` is refused.
     """

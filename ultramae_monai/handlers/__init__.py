@@ -1,4 +1,4 @@
-"""ultramae_monai.handlers: ignite handlers and metrics used by the fine-tuning bundles."""
+"""ultramae_monai.handlers: the ignite handlers and metrics the bundles declare in their configs."""
 
 from ultramae_monai.handlers.classification_metrics import (
     ClassificationMetric,
@@ -7,11 +7,25 @@ from ultramae_monai.handlers.classification_metrics import (
     confusion_matrix_png,
 )
 from ultramae_monai.handlers.metrics_writer import MetricsJSONWriter
+from ultramae_monai.handlers.pretraining import (
+    FAULT_KILL_ENV,
+    KindSamplerHandler,
+    MetricsLogger,
+    PretrainCheckpoint,
+    ReconstructionPreview,
+    StopAtStep,
+)
 
 __all__ = [
+    "FAULT_KILL_ENV",
     "ClassificationMetric",
     "ClassificationReport",
+    "KindSamplerHandler",
     "MetricsJSONWriter",
+    "MetricsLogger",
+    "PretrainCheckpoint",
+    "ReconstructionPreview",
+    "StopAtStep",
     "classification_metrics",
     "confusion_matrix_png",
 ]

@@ -1,4 +1,4 @@
-"""The segmentation bundle, read only through ``monai.bundle.ConfigParser`` (contract 4 of the project).
+"""The segmentation bundle, read only through ``monai.bundle.ConfigParser`` on the model-zoo ids.
 
 ``configs/inference.json`` defines ``network_def`` (normalised ``(B, 1, H, W)`` at ``img_size`` -> logits
 ``(B, 2, H, W)``), ``preprocessing`` (a Compose on key ``"image"`` that starts by loading the file with

@@ -6,7 +6,7 @@ declared in ``bundles/ultramae_pretrain/configs/train.json``:
 * :class:`KindSamplerHandler`: at each epoch start, puts the :class:`~ultramae_monai.data.KindBatchSampler` at
   ``(epoch, position)`` derived from the engine's iteration, so a resumed run reads the next batch of the
   interrupted epoch (ignite counts the iterations; the sampler's order is a pure function of seed and epoch);
-* :class:`PretrainCheckpoint`: atomic checkpoints in the format of contract 1 (``network`` + ``meta``, loadable
+* :class:`PretrainCheckpoint`: atomic checkpoints in the pretraining checkpoint format (``network`` + ``meta``, loadable
   with ``weights_only=True``) plus the training state: optimiser, LR schedule, engine counters, sampler, the RNG
   states of every rank; resumes from the newest one at start;
 * :class:`MetricsLogger`: ``metrics.jsonl`` (one line per step), a progress line with samples/s and ETA; the
