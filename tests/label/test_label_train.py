@@ -82,9 +82,12 @@ def test_first_fine_tuning_starts_from_the_pretrained_encoder(tmp_path):
 
 
 def test_the_fine_tuned_model_is_served_with_its_own_architecture(tmp_path):
-    """A pretrained encoder with 8-px patches makes the bundle build that encoder; the app's infer task then reads
-    the run's settings beside the published model and serves it, though the bundle's default patch is 16 px."""
-    torch.save({"encoder": UltraMAEEncoder.from_preset("micro", tubelet=[2, 8, 8]).state_dict()}, tmp_path / "p8.pt")
+    """A pretrained encoder with 8-px patches that records its architecture makes the bundle build that encoder; the
+    app's infer task then reads the run's settings beside the published model and serves it, though the bundle's
+    default patch is 16 px."""
+    encoder = UltraMAEEncoder.from_preset("micro", tubelet=[2, 8, 8])
+    meta = {"architecture": {"preset": "micro", **encoder.config}}
+    torch.save({"encoder": encoder.state_dict(), "meta": meta}, tmp_path / "p8.pt")
     t = task(tmp_path, str(tmp_path / "p8.pt"), lr=1e-3)
     items = pairs(tmp_path)
     t({"max_epochs": 1, "device": "cpu"}, ListDatastore(items))
