@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_pretrain_data import make_manifest
@@ -186,3 +187,18 @@ def test_a_missing_manifest_ends_with_one_line_naming_it(tmp_path: Path) -> None
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == f"error: manifest not found: {tmp_path / 'nowhere' / 'manifest.jsonl'}", proc.stderr[-2000:]
+
+
+def test_a_checkpoint_of_an_older_format_ends_resume_with_one_line_naming_it(data_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint with pickled NumPy state (an older trainer's format) cannot load weights-only: resume stops
+    before training with one line naming the file, and leaves the checkpoint as it was."""
+    old = tmp_path / "out" / "checkpoints" / "checkpoint_step00000004.pt"
+    old.parent.mkdir(parents=True)
+    torch.save({"model": {}, "step": 4, "rng": [{"numpy": np.random.get_state()}]}, old)  # noqa: NPY002
+    before = old.read_bytes()
+    cmd = [sys.executable, *_bundle_cmd(tmp_path / "out", data_dir, "--max_epochs", "1")]
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {old}: cannot load checkpoint (") and "Traceback" not in proc.stderr, last
+    assert old.read_bytes() == before

@@ -133,11 +133,16 @@ class CheckpointManager:
             raise UnreadableFileError("no checkpoint to resume from", self.directory)
         try:
             state = torch.load(target, map_location=map_location, weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise UnreadableFileError(f"cannot load checkpoint ({err})", target) from err
+        except Exception as err:  # zip, pickle and non-allowed-global errors all mean: not our checkpoint format
+            raise UnreadableFileError(f"cannot load checkpoint ({_first_line(err)})", target) from err
         self.best_metric = state.get("best_metric")
         logger.info("resuming from %s (step %s)", target, state.get("step"))
         return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
@@ -158,8 +163,8 @@ def export_encoder(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Pa
         raise UnreadableFileError(f"checkpoint not found: {source}")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise UnreadableFileError(f"cannot load checkpoint ({err})", source) from err
+    except Exception as err:  # zip, pickle and non-allowed-global errors all mean: not our checkpoint format
+        raise UnreadableFileError(f"cannot load checkpoint ({_first_line(err)})", source) from err
     if "network" not in state or state.get("meta", {}).get("format") != CHECKPOINT_FORMAT["format"]:
         raise UnreadableFileError("not an UltraMAE pretraining checkpoint (no network/meta)", source)
     encoder = {k[len("encoder.") :]: v for k, v in state["network"].items() if k.startswith("encoder.")}

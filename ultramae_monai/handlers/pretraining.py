@@ -37,6 +37,7 @@ from ultramae_monai.engines.distributed import all_gather_objects, is_distribute
 from ultramae_monai.engines.mae_step import MAEIteration, unwrap
 from ultramae_monai.engines.preview import reconstruction_grid, save_grid_png
 from ultramae_monai.engines.rng import capture_rng_state, restore_rng_state
+from ultramae_monai.errors import UnreadableFileError
 
 __all__ = [
     "FAULT_KILL_ENV",
@@ -183,6 +184,12 @@ class PretrainCheckpoint:
         if not self.resume or self.manager.latest() is None:
             return
         state = self.manager.load(map_location="cpu")
+        if not {"network", "meta", "iteration", "sampler", "rng"} <= state.keys():
+            raise UnreadableFileError(
+                "not a resumable checkpoint of this version (no network/meta/iteration state): resume it with the "
+                "version that wrote it, or start a new --output_dir",
+                self.manager.latest(),
+            )
         if int(state["sampler"]["seed"]) != self.seed:
             raise ValueError(f"checkpoint was written with seed {state['sampler']['seed']}, this run uses {self.seed}")
         unwrap(self.network).load_state_dict(state["network"])
