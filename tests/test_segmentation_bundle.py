@@ -146,4 +146,6 @@ def test_evaluation_scores_masks_in_the_input_geometry(bundle: Path, tmp_path: P
     assert float(hd_mm([spaced], [out["label_original"]]).mean()) == pytest.approx(
         float(hd.metric_fn.aggregate()) * 0.5
     )
+    hd_mm.reset()
     assert torch.isnan(hd_mm([out["pred"]], [out["label_original"]])).all()  # a PNG carries no spacing
+    assert torch.isnan(hd_mm.aggregate())  # so metrics.json says null, not 0

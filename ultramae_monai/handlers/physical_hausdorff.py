@@ -31,6 +31,14 @@ class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
             return torch.full((y_pred.shape[0], y_pred.shape[1] - (0 if self.include_background else 1)), math.nan)
         return super()._compute_tensor(y_pred, y, spacing=values[-ndim:], **kwargs)
 
+    def aggregate(self, reduction: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """As MONAI's, but NaN (not MONAI's 0) when no image had a spacing."""
+        data = self.get_buffer()
+        result = super().aggregate(reduction)
+        if isinstance(data, torch.Tensor) and data.numel() and torch.isnan(data).all():
+            return torch.full_like(result, math.nan) if isinstance(result, torch.Tensor) else result
+        return result
+
 
 class PhysicalHausdorffDistance(IgniteMetricHandler):
     """Ignite handler of :class:`PhysicalHausdorffDistanceMetric` (HD at ``percentile``, in mm)."""
