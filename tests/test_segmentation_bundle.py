@@ -149,3 +149,32 @@ def test_evaluation_scores_masks_in_the_input_geometry(bundle: Path, tmp_path: P
     hd_mm.reset()
     assert torch.isnan(hd_mm([out["pred"]], [out["label_original"]])).all()  # a PNG carries no spacing
     assert torch.isnan(hd_mm.aggregate())  # so metrics.json says null, not 0
+
+
+def test_inference_segments_every_frame_of_a_cine(bundle: Path, tmp_path: Path) -> None:
+    """A real 30-frame ultrasound cine DICOM gives a (H, W, 30) NIfTI mask on its grid and one overlay per frame."""
+    data = tmp_path / "cines"
+    data.mkdir()
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), data / "heart (1).dcm")
+    out = tmp_path / "out"
+    parser = _parser(bundle, **MICRO, dataset_dir=str(data), output_dir=str(out))
+    for i in range(len(parser.get("initialize", []))):
+        parser.get_parsed_content(f"initialize#{i}")
+    parser.get_parsed_content("evaluator").run()
+    nifti = nib.load(out / "heart (1)_mask.nii.gz")
+    assert nifti.shape == (240, 320, 30)
+    np.testing.assert_allclose(nifti.header.get_zooms()[:2], [0.5104970559477806] * 2, rtol=1e-5)
+    assert set(np.unique(np.asarray(nifti.dataobj))) <= {0, 1}
+    overlays = sorted(out.glob("heart (1)_overlay_t*.png"))
+    assert len(overlays) == 30 and Image.open(overlays[-1]).size == (320, 240)
+
+
+def test_frame_inferer_matches_the_network_frame_by_frame() -> None:
+    from ultramae_monai.engines import FrameInferer
+
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    cine = torch.rand(2, 1, 5, 16, 16)
+    out = FrameInferer(frames_per_batch=3)(cine, net)
+    assert out.shape == (2, 2, 5, 16, 16)
+    torch.testing.assert_close(out[1, :, 4], net(cine[1, :, 4][None])[0])
+    torch.testing.assert_close(FrameInferer()(cine[:, :, 0], net), net(cine[:, :, 0]))
