@@ -113,7 +113,8 @@ def test_segmentation_train_evaluate_infer(hc18_small: Path, pretrain_ckpt: Path
     assert settings["preset"] == "micro" and settings["tubelet"] == [2, 8, 8]
     _run(SEG, "evaluate.json", ckpt=str(run / "model.pt"), num_workers=0)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"mean_dice", "mean_iou", "hd95"} <= set(metrics) and 0 <= metrics["mean_dice"] <= 1
+    assert {"mean_dice", "mean_iou", "hd95", "hd95_mm"} <= set(metrics) and 0 <= metrics["mean_dice"] <= 1
+    assert metrics["hd95_mm"] is None  # PNG masks carry no pixel spacing
 
     images = tmp_path / "held out"
     images.mkdir()

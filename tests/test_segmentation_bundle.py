@@ -106,3 +106,75 @@ def test_verify_net_in_out_and_torchscript_export(bundle: Path, tmp_path: Path) 
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_scores_masks_in_the_input_geometry(bundle: Path, tmp_path: Path) -> None:
+    """A perfect network-size prediction of a thin structure is not perfect on the original mask: metrics see that."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((97, 131)) * 200).astype(np.uint8)
+    mask = np.zeros((97, 131), dtype=np.uint8)
+    mask[40:42, 10:120] = 255  # a 2-px line, 97/64 px per network pixel
+    Image.fromarray(image).save(tmp_path / "scan (1).png")
+    Image.fromarray(mask).save(tmp_path / "scan (1)_mask.png")
+    parser = _parser(
+        bundle,
+        "evaluate.json",
+        **MICRO,
+        crop_scan_region=False,
+        fill_outlines="never",
+        ckpt=str(bundle / "models" / "model.pt"),
+    )
+    item = parser.get_parsed_content("preprocessing")(
+        {"image": str(tmp_path / "scan (1).png"), "label": str(tmp_path / "scan (1)_mask.png")}
+    )
+    low = item["label"]
+    assert low.shape == (1, 64, 64)
+    item["pred"] = torch.cat([1 - low, low]) * 10  # logits whose argmax is the network-size label
+    out = parser.get_parsed_content("postprocessing")(item)
+    assert out["pred"].shape == out["label_original"].shape == (2, 97, 131)
+    np.testing.assert_array_equal(out["label_original"][1].numpy(), mask > 0)  # the file's mask, as stored
+    dice = parser.get_parsed_content("key_metric#mean_dice")
+    dice.metric_fn([out["pred"]], [out["label_original"]])
+    full = float(dice.metric_fn.aggregate())
+    hd = parser.get_parsed_content("additional_metrics#hd95")
+    hd.metric_fn([out["pred"]], [out["label_original"]])
+    assert 0.3 < full < 0.99  # at 64 px the same prediction scores 1.0
+    assert float(hd.metric_fn.aggregate()) >= 1.0  # in pixels of the 97 x 131 original
+    hd_mm = parser.get_parsed_content("additional_metrics#hd95_mm").metric_fn
+    spaced = out["pred"].clone()
+    spaced.meta["spacing"] = [0.5, 0.5]
+    assert float(hd_mm([spaced], [out["label_original"]]).mean()) == pytest.approx(
+        float(hd.metric_fn.aggregate()) * 0.5
+    )
+    hd_mm.reset()
+    assert torch.isnan(hd_mm([out["pred"]], [out["label_original"]])).all()  # a PNG carries no spacing
+    assert torch.isnan(hd_mm.aggregate())  # so metrics.json says null, not 0
+
+
+def test_inference_segments_every_frame_of_a_cine(bundle: Path, tmp_path: Path) -> None:
+    """A real 30-frame ultrasound cine DICOM gives a (H, W, 30) NIfTI mask on its grid and one overlay per frame."""
+    data = tmp_path / "cines"
+    data.mkdir()
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), data / "heart (1).dcm")
+    out = tmp_path / "out"
+    parser = _parser(bundle, **MICRO, dataset_dir=str(data), output_dir=str(out))
+    for i in range(len(parser.get("initialize", []))):
+        parser.get_parsed_content(f"initialize#{i}")
+    parser.get_parsed_content("evaluator").run()
+    nifti = nib.load(out / "heart (1)_mask.nii.gz")
+    assert nifti.shape == (240, 320, 30)
+    np.testing.assert_allclose(nifti.header.get_zooms()[:2], [0.5104970559477806] * 2, rtol=1e-5)
+    assert set(np.unique(np.asarray(nifti.dataobj))) <= {0, 1}
+    overlays = sorted(out.glob("heart (1)_overlay_t*.png"))
+    assert len(overlays) == 30 and Image.open(overlays[-1]).size == (320, 240)
+
+
+def test_frame_inferer_matches_the_network_frame_by_frame() -> None:
+    from ultramae_monai.engines import FrameInferer
+
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    cine = torch.rand(2, 1, 5, 16, 16)
+    out = FrameInferer(frames_per_batch=3)(cine, net)
+    assert out.shape == (2, 2, 5, 16, 16)
+    torch.testing.assert_close(out[1, :, 4], net(cine[1, :, 4][None])[0])
+    torch.testing.assert_close(FrameInferer()(cine[:, :, 0], net), net(cine[:, :, 0]))

@@ -46,6 +46,51 @@ def overlay_rgb(grey: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.nd
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
+def _nifti_affine(meta: Mapping[str, Any]) -> np.ndarray:
+    """4x4 affine of a still or cine plane: the pixel spacing in-plane, unit steps along the third (frame) axis."""
+    spacing = [float(s) for s in meta.get(MetaKeys.SPACING, [1.0, 1.0])][-2:]
+    affine = spatial_affine(tuple(spacing)).numpy()
+    aff3 = np.eye(4)
+    aff3[:2, :2], aff3[:2, 3] = affine[:2, :2], affine[:2, 2]
+    return aff3
+
+
+def _write_cine(
+    labels: np.ndarray,
+    src: Path,
+    out: Path,
+    stem: str,
+    num_classes: int,
+    meta: Mapping[str, Any],
+    image: np.ndarray | None,
+) -> dict[str, Any]:
+    """``(T, H, W)`` labels of a cine: one NIfTI ``(H, W, T)`` (DICOM / NIfTI input) or one PNG per frame (video),
+    and one overlay PNG per frame (``<stem>_overlay_t0000.png``)."""
+    written: dict[str, Any] = {}
+    if str(meta.get(MetaKeys.SOURCE)) in ("dicom", "volume"):
+        import nibabel as nib
+
+        path = out / f"{stem}_mask.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(1, 2, 0)), _nifti_affine(meta)), str(path))
+        written["mask"] = str(path)
+    else:
+        scale = 255 // max(num_classes - 1, 1)
+        frames = [out / f"{stem}_mask_t{t:04d}.png" for t in range(labels.shape[0])]
+        for t, path in enumerate(frames):
+            Image.fromarray((labels[t] * scale).astype(np.uint8)).save(path)
+        written["mask"] = [str(p) for p in frames]
+    if image is not None:
+        grey = np.asarray(image, dtype=np.float32)
+        grey = grey.reshape(-1, *grey.shape[-3:]).mean(axis=0)  # (T, H, W), colour channels averaged
+        overlays = []
+        for t in range(min(len(grey), labels.shape[0])):
+            ov = out / f"{stem}_overlay_t{t:04d}.png"
+            Image.fromarray(overlay_rgb(grey[t], labels[t])).save(ov)
+            overlays.append(str(ov))
+        written["overlay"] = overlays
+    return written
+
+
 def write_mask(
     mask: np.ndarray | torch.Tensor,
     source: str | Path,
@@ -53,15 +98,20 @@ def write_mask(
     num_classes: int = 2,
     meta: Mapping[str, Any] | None = None,
     image: np.ndarray | None = None,
-) -> dict[str, str]:
-    """Write ``(H, W)`` labels for the input file ``source``; returns the paths written (``mask``, ``overlay``)."""
+) -> dict[str, Any]:
+    """Write ``(H, W)`` labels (or a cine's ``(1, T, H, W)``) for the input file ``source``; returns the paths written.
+
+    ``mask`` and ``overlay`` name one file, or for a cine a list of per-frame files where there are several.
+    """
     src = Path(source)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.uint8)
     meta = dict(meta or {})
     stem = _stem(src)
-    written: dict[str, str] = {}
+    written: dict[str, Any] = {}
+    if meta.get(MetaKeys.KIND) == "cine" and labels.ndim == 4:
+        return _write_cine(labels[0], src, out, stem, num_classes, meta, image)
     if labels.ndim == 4 or meta.get(MetaKeys.KIND) == "volume":  # (1, H, W, D): a NIfTI in the file's space
         import nibabel as nib
 
@@ -85,12 +135,8 @@ def write_mask(
     else:
         import nibabel as nib
 
-        spacing = [float(s) for s in meta.get(MetaKeys.SPACING, [1.0, 1.0])][-2:]
-        affine = spatial_affine(tuple(spacing)).numpy()
-        aff3 = np.eye(4)
-        aff3[:2, :2], aff3[:2, 3] = affine[:2, :2], affine[:2, 2]
         path = out / f"{stem}_mask.nii.gz"
-        nib.save(nib.Nifti1Image(labels[..., None], aff3), str(path))
+        nib.save(nib.Nifti1Image(labels[..., None], _nifti_affine(meta)), str(path))
     written["mask"] = str(path)
     if image is not None:
         grey = np.asarray(image, dtype=np.float32)
@@ -130,12 +176,13 @@ class SaveMaskd(MapTransform):
         source = Path(str(meta.get("filename_or_obj", "prediction")))
         image = None
         if source.is_file():
-            raw = load_ultrasound(source, max_frames=1)
+            cine = meta.get(MetaKeys.KIND) == "cine"
+            raw = load_ultrasound(source) if cine else load_ultrasound(source, max_frames=1)
             if raw.meta.get(MetaKeys.KIND) == "volume":  # write in the file's own space
                 meta["affine"] = raw.meta["affine"]
                 meta[MetaKeys.KIND] = "volume"
             image = raw.numpy()
-            image = image[:, 0] if image.ndim == 4 and raw.meta.get(MetaKeys.KIND) == "cine" else image
+            image = image[:, 0] if image.ndim == 4 and raw.meta.get(MetaKeys.KIND) == "cine" and not cine else image
         for key in self.key_iterator(d):
             d[f"{key}_files"] = write_mask(d[key], source, self.output_dir, self.num_classes, meta, image)
         return d

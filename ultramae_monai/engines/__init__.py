@@ -31,6 +31,7 @@ from ultramae_monai.engines.finetune import (
     read_settings,
     write_settings,
 )
+from ultramae_monai.engines.frame_inferer import FrameInferer
 from ultramae_monai.engines.layer_decay import layer_decay_param_groups
 from ultramae_monai.engines.mae_step import (
     DistributedMaskedLoss,
@@ -56,6 +57,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointManager",
     "DistributedMaskedLoss",
+    "FrameInferer",
     "MAEEvalIteration",
     "MAEIteration",
     "NonFiniteLossError",

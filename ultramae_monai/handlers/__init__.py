@@ -7,6 +7,7 @@ from ultramae_monai.handlers.classification_metrics import (
     confusion_matrix_png,
 )
 from ultramae_monai.handlers.metrics_writer import MetricsJSONWriter
+from ultramae_monai.handlers.physical_hausdorff import PhysicalHausdorffDistance, PhysicalHausdorffDistanceMetric
 from ultramae_monai.handlers.pretraining import (
     FAULT_KILL_ENV,
     KindSamplerHandler,
@@ -23,6 +24,8 @@ __all__ = [
     "KindSamplerHandler",
     "MetricsJSONWriter",
     "MetricsLogger",
+    "PhysicalHausdorffDistance",
+    "PhysicalHausdorffDistanceMetric",
     "PretrainCheckpoint",
     "ReconstructionPreview",
     "StopAtStep",

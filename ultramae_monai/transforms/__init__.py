@@ -5,6 +5,7 @@ from ultramae_monai.transforms.drop_meta import DropMetad
 from ultramae_monai.transforms.fill_outline import FillOutlined
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
 from ultramae_monai.transforms.random_resized_crop import RandResizedCrop, RandResizedCropd, random_resized_box
+from ultramae_monai.transforms.resize_frames import ResizeFramesd
 from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
 from ultramae_monai.transforms.scan_region import (
     REGIONS_META_KEY,
@@ -20,6 +21,7 @@ __all__ = [
     "FillOutlined",
     "RandResizedCrop",
     "RandResizedCropd",
+    "ResizeFramesd",
     "RestoreGeometryd",
     "ScanRegion",
     "ScanRegiond",

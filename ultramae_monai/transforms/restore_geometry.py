@@ -22,12 +22,22 @@ from ultramae_monai.data.convention import MetaKeys
 __all__ = ["RestoreGeometryd", "restore_geometry"]
 
 
+def _frame_size(meta: Mapping[str, Any], pred: torch.Tensor) -> tuple[int, int]:
+    shape = meta.get(MetaKeys.ORIGINAL_SHAPE)
+    return (int(shape[-2]), int(shape[-1])) if shape is not None else tuple(pred.shape[-2:])
+
+
 def restore_geometry(pred: torch.Tensor, meta: Mapping[str, Any], mode: str = "nearest") -> torch.Tensor:
     """``(K, h, w)`` prediction -> ``(K, H, W)`` on the original still's grid; zeros outside the scan region.
 
-    A volume ``(K, h, w, d)`` is resized back to the file's ``(H, W, D)``.
+    A cine's ``(K, T, h, w)`` is restored frame by frame to ``(K, T, H, W)``; a volume ``(K, h, w, d)`` is resized back to the file's ``(H, W, D)``.
     """
     shape = meta.get(MetaKeys.ORIGINAL_SHAPE)
+    if pred.ndim == 4 and meta.get(MetaKeys.KIND) == "cine":  # (K, T, h, w): each frame like a still
+        k, t = pred.shape[:2]
+        return restore_geometry(pred.reshape(k * t, *pred.shape[-2:]), meta, mode).reshape(
+            k, t, *_frame_size(meta, pred)
+        )
     if pred.ndim == 4:
         size = tuple(int(v) for v in shape[-3:]) if shape is not None else tuple(pred.shape[1:])
         x = torch.as_tensor(pred).float()[None]
