@@ -178,3 +178,46 @@ def test_frame_inferer_matches_the_network_frame_by_frame() -> None:
     assert out.shape == (2, 2, 5, 16, 16)
     torch.testing.assert_close(out[1, :, 4], net(cine[1, :, 4][None])[0])
     torch.testing.assert_close(FrameInferer()(cine[:, :, 0], net), net(cine[:, :, 0]))
+
+
+def _infer_folder(bundle: Path, data: Path, out: Path, **overrides) -> None:
+    parser = _parser(bundle, **MICRO, dataset_dir=str(data), output_dir=str(out), **overrides)
+    for i in range(len(parser.get("initialize", []))):
+        parser.get_parsed_content(f"initialize#{i}")
+    parser.get_parsed_content("evaluator").run()
+
+
+def test_multi_frame_nifti_is_segmented_frame_by_frame(bundle: Path, tmp_path: Path) -> None:
+    """A (1, T, H, W) DICOM cine and a multi-frame NIfTI give a mask per frame on the input's grid (a NIfTI with T
+    frames) and an overlay per frame; each frame's mask is the one that frame gets when segmented alone."""
+    rng = np.random.default_rng(0)
+    h, w, t = 70, 90, 4
+    frames = rng.uniform(0, 60, (h, w, t)).astype(np.float32)
+    for k in range(t):
+        frames[10 + 8 * k : 40 + 8 * k, 20:60, k] += 150  # a bright region moving down
+    affine = np.diag([0.3, 0.3, 1.0, 1.0])
+    data, alone = tmp_path / "cines", tmp_path / "frames"
+    data.mkdir()
+    alone.mkdir()
+    nib.save(nib.Nifti1Image(frames, affine), str(data / "clip (1).nii.gz"))
+    for k in range(t):
+        nib.save(nib.Nifti1Image(frames[..., k : k + 1], affine), str(alone / f"frame {k}.nii.gz"))
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), data / "cine (2).dcm")  # a real 30-frame US cine
+    out, out_alone = tmp_path / "out", tmp_path / "out alone"
+    _infer_folder(bundle, data, out, crop_scan_region=False)
+    _infer_folder(bundle, alone, out_alone, crop_scan_region=False)
+
+    clip = nib.load(out / "clip (1)_mask.nii.gz")
+    assert clip.shape == (h, w, t) and np.allclose(clip.affine, affine)
+    masks = np.asarray(clip.dataobj)
+    assert 0 < masks.sum() < masks.size
+    for k in range(t):
+        single = np.asarray(nib.load(out_alone / f"frame {k}_mask.nii.gz").dataobj)[..., 0]
+        assert (masks[..., k] == single).mean() > 0.999
+        assert Image.open(out / f"clip (1)_overlay_t{k:04d}.png").size == (w, h)
+    assert not np.array_equal(masks[..., 0], masks[..., -1])  # each frame gets its own mask
+
+    cine = nib.load(out / "cine (2)_mask.nii.gz")  # DICOM in: NIfTI out, (H, W, T) with the pixel spacing
+    assert cine.shape == (240, 320, 30)
+    np.testing.assert_allclose(cine.header.get_zooms()[:2], [0.5104970559477806] * 2, rtol=1e-5)
+    assert len(list(out.glob("cine (2)_overlay_t*.png"))) == 30

@@ -70,6 +70,7 @@ class MetaKeys:
     US_REGIONS = "us_regions"  # [r0, c0, r1, c1) box of every DICOM SequenceOfUltrasoundRegions item
     FOV_MASK = "fov_mask"  # key under which dict transforms store the FOV mask
     ORIGINAL_SHAPE = "original_shape"
+    FRAMES_AXIS = "us_frames_axis"  # "last": a 2D model's frames were the file's last axis (multi-frame NIfTI)
 
 
 def kind_of(x: torch.Tensor | np.ndarray) -> str:

@@ -71,7 +71,8 @@ def _write_cine(
         import nibabel as nib
 
         path = out / f"{stem}_mask.nii.gz"
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(1, 2, 0)), _nifti_affine(meta)), str(path))
+        affine = meta["affine"] if meta.get(MetaKeys.FRAMES_AXIS) == "last" else _nifti_affine(meta)  # file's own
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(1, 2, 0)), np.asarray(affine)), str(path))
         written["mask"] = str(path)
     else:
         scale = 255 // max(num_classes - 1, 1)
@@ -179,8 +180,10 @@ class SaveMaskd(MapTransform):
             cine = meta.get(MetaKeys.KIND) == "cine"
             raw = load_ultrasound(source) if cine else load_ultrasound(source, max_frames=1)
             if raw.meta.get(MetaKeys.KIND) == "volume":  # write in the file's own space
-                meta["affine"] = raw.meta["affine"]
-                meta[MetaKeys.KIND] = "volume"
+                meta["affine"] = np.asarray(raw.meta["affine"], dtype=np.float64)
+                meta[MetaKeys.KIND] = "cine" if cine else "volume"
+            if cine and meta.get(MetaKeys.FRAMES_AXIS) == "last":  # (C, H, W, T) -> the frames segmented
+                raw = raw.permute(0, 3, 1, 2)
             image = raw.numpy()
             image = image[:, 0] if image.ndim == 4 and raw.meta.get(MetaKeys.KIND) == "cine" and not cine else image
         for key in self.key_iterator(d):

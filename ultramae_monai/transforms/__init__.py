@@ -4,6 +4,7 @@ from ultramae_monai.transforms.confidence_map import UltrasoundConfidenceMap, Ul
 from ultramae_monai.transforms.drop_meta import DropMetad
 from ultramae_monai.transforms.fill_outline import FillOutlined
 from ultramae_monai.transforms.fov_detect import detect_fov_mask, fov_box, regions_mask
+from ultramae_monai.transforms.frames_first import FramesFirstd
 from ultramae_monai.transforms.random_resized_crop import RandResizedCrop, RandResizedCropd, random_resized_box
 from ultramae_monai.transforms.resize_frames import ResizeFramesd
 from ultramae_monai.transforms.restore_geometry import RestoreGeometryd, restore_geometry
@@ -19,6 +20,7 @@ __all__ = [
     "REGIONS_META_KEY",
     "DropMetad",
     "FillOutlined",
+    "FramesFirstd",
     "RandResizedCrop",
     "RandResizedCropd",
     "ResizeFramesd",
