@@ -115,6 +115,7 @@ def test_segmentation_train_evaluate_infer(hc18_small: Path, pretrain_ckpt: Path
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"mean_dice", "mean_iou", "hd95", "hd95_mm"} <= set(metrics) and 0 <= metrics["mean_dice"] <= 1
     assert metrics["hd95_mm"] is None  # PNG masks carry no pixel spacing
+    assert metrics["geometry"] == "input" and metrics["hd95_unit"] == "pixels of the original image"
 
     images = tmp_path / "held out"
     images.mkdir()
@@ -313,7 +314,8 @@ def test_segmentation_of_volumes_through_the_same_encoder(tmp_path: Path) -> Non
     settings = json.loads((run / "settings.json").read_text())
     assert settings["spatial_dims"] == 3
     bundle_run(config_file=both("evaluate"), bundle_root=str(SEG), ckpt=str(run / "model.pt"), num_workers=0)
-    assert 0 <= json.loads((run / "metrics.json").read_text())["mean_dice"] <= 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["mean_dice"] <= 1 and metrics["hd95_unit"] == "voxels of the original volume"
     bundle_run(config_file=both("inference"), bundle_root=str(SEG), dataset_dir=str(data / "images"),
                output_dir=str(run))  # fmt: skip
     src = nib.load(data / "images" / "vol (0).nii.gz")
