@@ -206,24 +206,17 @@ def load_checkpoint_model(path: str | Path):
     return model, meta.get("intensity"), int(ckpt.get("step", -1))
 
 
-def build_encoder(arm: str, out: Path, seed: int):
-    """Encoder of one arm: ``scratch`` (fresh init under ``seed``), or the final checkpoint of a pretraining run."""
+def random_encoder(out: Path, seed: int):
+    """The study's encoder (``arch.json``) at a fresh initialisation under ``seed``: the probe's random baseline."""
     from ultramae_monai.networks.tubelet_vit import UltraMAEEncoder
 
     arch = json.loads((out / "arch.json").read_text())
-    if arch.get("depth") is None:
-        from ultramae_monai.networks.presets import encoder_preset
-
-        arch.update(encoder_preset(arch["preset"]))
-    if arm == "scratch":
-        torch.manual_seed(seed)
-        enc = UltraMAEEncoder(
-            in_channels=1, tubelet=arch["tubelet"], embed_dim=arch["embed_dim"], depth=arch["depth"],
-            num_heads=arch["num_heads"],
-        )  # fmt: skip
-        return enc, None
-    model, intensity, _ = load_checkpoint_model(final_checkpoint(out / f"pretrain_{arm}"))
-    return model.encoder, intensity
+    torch.manual_seed(seed)
+    enc = UltraMAEEncoder(
+        in_channels=1, tubelet=arch["tubelet"], embed_dim=arch["embed_dim"], depth=arch["depth"],
+        num_heads=arch["num_heads"],
+    )  # fmt: skip
+    return enc, None
 
 
 def _step_of(path: Path) -> int:
@@ -445,7 +438,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     rows = []
     jobs: list[tuple[str, int, object, dict | None]] = []
     for seed in range(args.random_seeds):
-        enc, inten = build_encoder("scratch", out, seed)
+        enc, inten = random_encoder(out, seed)
         jobs.append(("random init", seed, enc, inten))
     for run in args.runs:
         run = Path(run)
