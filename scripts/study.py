@@ -487,7 +487,7 @@ def cmd_datalists(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------------- report
 ARMS = ("scratch", "cwus", "pixel")
-METRICS = {"busi": ("accuracy", "macro_f1", "auc"), "hc18": ("dice", "iou", "hd95")}
+METRICS = {"busi": ("accuracy", "macro_f1", "roc_auc"), "hc18": ("dice", "iou", "hd95")}
 BEGIN, END = "<!-- study:begin (written by scripts/study.py report) -->", "<!-- study:end -->"
 
 
@@ -590,6 +590,26 @@ def bundle_runs(ft_dir: Path) -> list[dict]:
     return rows
 
 
+def _tables(runs: list[dict]) -> list[str]:
+    """Markdown tables, one per task: arms x label fractions, mean ± sd over seeds of the test metrics."""
+    lines = []
+    for task, title in (("busi", "BUSI 3-class classification"), ("hc18", "HC18 fetal-head segmentation")):
+        ms = METRICS[task]
+        unit = {"hd95": "HD95 (px, lower is better)", "roc_auc": "AUC (macro one-vs-rest)"}
+        lines += [f"**{title}**", "", "| arm | labels | n train | seeds | " + " | ".join(unit.get(m, m) for m in ms)
+                  + " |", "|---|---|---|---|" + "---|" * len(ms)]  # fmt: skip
+        for frac in (0.1, 1.0):
+            for arm in ARMS:
+                sel = [r for r in runs if r["task"] == task and r["arm"] == arm and r["fraction"] == frac]
+                if not sel:
+                    lines.append(f"| {arm} | {frac:.0%} | | 0 | " + " | ".join("(not run)" for _ in ms) + " |")
+                    continue
+                cells = [_ms([r[f"test_{m}"] for r in sel], 2 if m == "hd95" else 3) for m in ms]
+                lines.append(f"| {arm} | {frac:.0%} | {sel[0]['n_train']} | {len(sel)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     out, docs = Path(args.out), Path(args.docs)
     images = docs / "images"
@@ -601,27 +621,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         _plot_fractions(runs, images / "study_label_fraction.png")
     if recon or probe:
         _plot_pretraining(out, recon, probe, images / "study_pretraining.png")
-    # fine-tuning table
-    lines += ["### Fine-tuning (test split, mean ± sample standard deviation over seeds)", ""]
-    for task, title in (("busi", "BUSI 3-class classification"), ("hc18", "HC18 fetal-head segmentation")):
-        ms = METRICS[task]
-        unit = {"hd95": "HD95 (px, lower is better)"}
-        lines += [f"**{title}**", "", "| arm | labels | n train | seeds | " + " | ".join(unit.get(m, m) for m in ms)
-                  + " |", "|---|---|---|---|" + "---|" * len(ms)]  # fmt: skip
-        for frac in (0.1, 1.0):
-            for arm in ARMS:
-                sel = [r for r in runs if r["task"] == task and r["arm"] == arm and r["fraction"] == frac]
-                if not sel:
-                    lines.append(f"| {arm} | {frac:.0%} | | 0 | " + " | ".join("(running)" for _ in ms) + " |")
-                    continue
-                cells = [_ms([r[f"test_{m}"] for r in sel], 2 if m == "hd95" else 3) for m in ms]
-                lines.append(f"| {arm} | {frac:.0%} | {sel[0]['n_train']} | {len(sel)} | " + " | ".join(cells) + " |")
-        lines.append("")
-        val = {arm: [r for r in runs if r["task"] == task and r["arm"] == arm] for arm in ARMS}
-        if all(val.values()):
-            key = "val_macro_f1" if task == "busi" else "val_dice"
-            lines += ["Validation " + key.removeprefix("val_") + " (all fractions and seeds pooled): "
-                      + ", ".join(f"{a} {np.mean([r[key] for r in v]):.3f}" for a, v in val.items()), ""]  # fmt: skip
+    lines += ["### Fine-tuning through the bundles (test split, mean ± sample standard deviation over seeds)", ""]
+    lines += _tables(runs)
+    old = [{**r, "test_roc_auc": r.get("test_auc")} for r in map(json.loads, map(Path.read_text, sorted(
+        (out / "finetune_step264").glob("*.json"))))]  # fmt: skip
+    if old:
+        lines += ["### For comparison only: the previous run (encoders at step 264 of 880, private fine-tuning "
+                  "script, 40 steps, last model, no validation selection)", ""]  # fmt: skip
+        lines += _tables(old)
     if runs:
         lines += ["![label fraction vs metrics](images/study_label_fraction.png)", ""]
     # reconstruction
