@@ -487,7 +487,7 @@ def cmd_datalists(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------------- report
 ARMS = ("scratch", "cwus", "pixel")
-METRICS = {"busi": ("accuracy", "macro_f1", "roc_auc"), "hc18": ("dice", "iou", "hd95")}
+METRICS = {"busi": ("accuracy", "macro_f1", "roc_auc"), "hc18": ("mean_dice", "mean_iou", "hd95")}
 BEGIN, END = "<!-- study:begin (written by scripts/study.py report) -->", "<!-- study:end -->"
 
 
@@ -623,8 +623,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         _plot_pretraining(out, recon, probe, images / "study_pretraining.png")
     lines += ["### Fine-tuning through the bundles (test split, mean ± sample standard deviation over seeds)", ""]
     lines += _tables(runs)
-    old = [{**r, "test_roc_auc": r.get("test_auc")} for r in map(json.loads, map(Path.read_text, sorted(
-        (out / "finetune_step264").glob("*.json"))))]  # fmt: skip
+    renamed = {"test_auc": "test_roc_auc", "test_dice": "test_mean_dice", "test_iou": "test_mean_iou"}
+    old = [json.loads(p.read_text()) for p in sorted((out / "finetune_step264").glob("*.json"))]
+    old = [{**r, **{new: r[k] for k, new in renamed.items() if k in r}} for r in old]
     if old:
         lines += ["### For comparison only: the previous run (encoders at step 264 of 880, private fine-tuning "
                   "script, 40 steps, last model, no validation selection)", ""]  # fmt: skip
