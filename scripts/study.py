@@ -14,7 +14,7 @@ runs them in order; each writes under ``--out``, default ``study_out/``, which g
                baseline that predicts every masked patch as the mean of the visible ones.
 ``probe``      linear probe (frozen encoder, mean-pooled tokens, L2-regularised logistic regression with the
                penalty chosen on the validation split) on BUSI, for every checkpoint of a run.
-``finetune``   end-to-end fine-tuning of one arm / task / label fraction / seed; writes one JSON of test metrics.
+``datalists``  the grouped splits as the fine-tuning bundles' JSON data lists (the bundles then fine-tune).
 ``report``     docs/results.md tables and docs/images/study_*.png plots from everything written so far.
 
 Test metrics are written once, after training with hyper-parameters fixed in advance or picked on validation;
@@ -29,7 +29,7 @@ import math
 import os
 import random
 import re
-import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -206,24 +206,17 @@ def load_checkpoint_model(path: str | Path):
     return model, meta.get("intensity"), int(ckpt.get("step", -1))
 
 
-def build_encoder(arm: str, out: Path, seed: int):
-    """Encoder of one arm: ``scratch`` (fresh init under ``seed``), or the final checkpoint of a pretraining run."""
+def random_encoder(out: Path, seed: int):
+    """The study's encoder (``arch.json``) at a fresh initialisation under ``seed``: the probe's random baseline."""
     from ultramae_monai.networks.tubelet_vit import UltraMAEEncoder
 
     arch = json.loads((out / "arch.json").read_text())
-    if arch.get("depth") is None:
-        from ultramae_monai.networks.presets import encoder_preset
-
-        arch.update(encoder_preset(arch["preset"]))
-    if arm == "scratch":
-        torch.manual_seed(seed)
-        enc = UltraMAEEncoder(
-            in_channels=1, tubelet=arch["tubelet"], embed_dim=arch["embed_dim"], depth=arch["depth"],
-            num_heads=arch["num_heads"],
-        )  # fmt: skip
-        return enc, None
-    model, intensity, _ = load_checkpoint_model(final_checkpoint(out / f"pretrain_{arm}"))
-    return model.encoder, intensity
+    torch.manual_seed(seed)
+    enc = UltraMAEEncoder(
+        in_channels=1, tubelet=arch["tubelet"], embed_dim=arch["embed_dim"], depth=arch["depth"],
+        num_heads=arch["num_heads"],
+    )  # fmt: skip
+    return enc, None
 
 
 def _step_of(path: Path) -> int:
@@ -445,7 +438,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     rows = []
     jobs: list[tuple[str, int, object, dict | None]] = []
     for seed in range(args.random_seeds):
-        enc, inten = build_encoder("scratch", out, seed)
+        enc, inten = random_encoder(out, seed)
         jobs.append(("random init", seed, enc, inten))
     for run in args.runs:
         run = Path(run)
@@ -471,151 +464,30 @@ def _pool_pixels(x: np.ndarray) -> np.ndarray:
     return F.adaptive_avg_pool2d(torch.from_numpy(x)[:, None], 16).flatten(1).numpy()
 
 
-# ---------------------------------------------------------------------------------------------------- finetune
-class SegHead(nn.Module):
-    """Token grid -> per-pixel logits: 3 x (conv 3x3, GELU, upsample x2) from the patch grid back to the image."""
-
-    def __init__(self, dim: int, patch: int, classes: int = 2, width: int = 32) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(dim, width, 1)]
-        for _ in range(int(math.log2(patch))):
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(width, classes, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, _, d = tokens.shape
-        return self.net(tokens.transpose(1, 2).reshape(b, d, *hw))
-
-
-class FineTuneNet(nn.Module):
-    """Encoder + head: mean-pooled tokens -> LayerNorm -> linear (classification), or :class:`SegHead`."""
-
-    def __init__(self, encoder, task: str, classes: int) -> None:
-        super().__init__()
-        self.encoder, self.task = encoder, task
-        dim, patch = encoder.embed_dim, encoder.tubelet[-1]
-        if task == "busi":
-            self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
-        else:
-            self.head = SegHead(dim, patch, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tok = self.encoder.forward_features(x, kind="still")
-        if self.task == "busi":
-            return self.head(tok.mean(1))
-        p = self.encoder.tubelet[-1]
-        return self.head(tok, (x.shape[-2] // p, x.shape[-1] // p))
-
-
-def _subset(y: np.ndarray, frac: float, seed: int, stratify: bool) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if frac >= 1:
-        return np.arange(len(y))
-    if not stratify:
-        return np.sort(rng.choice(len(y), max(1, round(frac * len(y))), replace=False))
-    idx = [rng.choice(np.nonzero(y == c)[0], max(1, round(frac * (y == c).sum())), replace=False)
-           for c in np.unique(y)]  # fmt: skip
-    return np.sort(np.concatenate(idx))
-
-
-def _augment(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator):
-    """Random horizontal flip and a random resized crop (area 0.6-1), applied to image and mask alike."""
-    b = x.shape[0]
-    flip = torch.rand(b, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if y is not None:
-        y = torch.where(flip[:, None, None], y.flip(-1), y)
-    s = 0.6 + 0.4 * torch.rand(b, generator=gen)
-    side = s.sqrt()
-    tx, ty = (1 - side) * (2 * torch.rand(b, generator=gen) - 1), (1 - side) * (2 * torch.rand(b, generator=gen) - 1)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, tx, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if y is not None:
-        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
-    return x, y
-
-
-def cmd_finetune(args: argparse.Namespace) -> None:
-    """Every (fraction, seed) combination given, one after the other in this process (one import of torch)."""
-    for fraction in args.fraction:
-        for seed in args.seed:
-            finetune_one(argparse.Namespace(**{**vars(args), "fraction": fraction, "seed": seed}))
-
-
-def finetune_one(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    res_dir = out / "finetune"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{args.task}_{args.arm}_f{args.fraction:g}_s{args.seed}"
-    if (res_dir / f"{name}.json").exists() and not args.force:
-        print(f"{name}: done already")
-        return
-    t0 = time.time()
-    d = load_labelled(out, args.size, args.task)
-    xtr, ytr = d["train"]
-    idx = _subset(ytr, args.fraction, args.seed, stratify=args.task == "busi")
-    xtr, ytr = torch.from_numpy(xtr[idx])[:, None], torch.from_numpy(ytr[idx])
-    encoder, intensity = build_encoder(args.arm, out, args.seed)
-    classes = 3 if args.task == "busi" else 2
-    torch.manual_seed(args.seed)
-    net = FineTuneNet(encoder, args.task, classes)
-    head_params = list(net.head.parameters())
-    opt = torch.optim.AdamW(
-        [{"params": net.encoder.parameters(), "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
-        weight_decay=0.05,
-    )
-    warm = max(1, args.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-    net.train()
-    losses = []
-    for _ in range(args.steps):
-        b = torch.randint(0, len(xtr), (min(args.batch, len(xtr)),), generator=gen)
-        xb, yb = xtr[b], ytr[b]
-        xb, yb_aug = _augment(xb, yb if args.task == "hc18" else None, gen)
-        yb = yb_aug if args.task == "hc18" else yb
-        logits = net(normalise(xb, intensity))
-        if args.task == "busi":
-            loss = F.cross_entropy(logits, yb)
-        else:
-            prob = logits.softmax(1)[:, 1]
-            inter = (prob * yb).sum((1, 2))
-            dice = 1 - (2 * inter + 1) / (prob.sum((1, 2)) + yb.sum((1, 2)) + 1)
-            loss = F.cross_entropy(logits, yb) + dice.mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
-    net.eval()
-    result = {"task": args.task, "arm": args.arm, "fraction": args.fraction, "seed": args.seed, "n_train": len(idx),
-              "steps": args.steps, "batch": args.batch, "lr": args.lr, "head_lr": args.head_lr, "size": args.size,
-              "train_loss_last": float(np.mean(losses[-20:]))}  # fmt: skip
-    for split in ("val", "test"):
-        x, y = d[split]
-        with torch.no_grad():
-            logits = torch.cat([net(normalise(torch.from_numpy(x[i : i + 64])[:, None], intensity))
-                                for i in range(0, len(x), 64)])  # fmt: skip
-        if args.task == "busi":
-            m = classification_metrics(logits.softmax(1).numpy(), y)
-        else:
-            m = segmentation_metrics(logits.argmax(1).numpy().astype(bool), y.astype(bool), hd95=split == "test")
-        result.update({f"{split}_{k}": v for k, v in m.items()})
-    result["seconds"] = time.time() - t0
-    (res_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    # only validation numbers on the terminal: test numbers are read by the report, never while choosing anything
-    print(json.dumps({k: v for k, v in result.items() if not k.startswith("test_")}), flush=True)
+# ---------------------------------------------------------------------------------------------------- datalists
+def cmd_datalists(args: argparse.Namespace) -> None:
+    """The study's grouped splits as the fine-tuning bundles' JSON data lists (absolute paths, groups kept)."""
+    out, data = Path(args.out), Path(args.data).resolve()
+    keys = {"train": "training", "val": "validation", "test": "test"}
+    for name in ("busi", "hc18"):
+        lists: dict[str, list] = {v: [] for v in keys.values()}
+        for r in load_split(out, name):
+            item = {"image": str(data / r["path"]), "group": r["group"]}
+            if name == "busi":
+                item["label"] = r["label"]
+            else:  # HC18: images/NNN_HC.png -> annotations/NNN_HC_Annotation.png (outline; the bundle fills it)
+                p = data / r["path"]
+                item["label"] = str(p.parent.parent / "annotations" / f"{p.stem}_Annotation.png")
+            lists[keys[r["split"]]].append(item)
+        if name == "busi":
+            lists = {"class_names": ["benign", "malignant", "normal"], **lists}
+        (out / f"datalist_{name}.json").write_text(json.dumps(lists, indent=1))
+        print(name, {k: len(v) for k, v in lists.items() if k != "class_names"})
 
 
 # ---------------------------------------------------------------------------------------------------- report
 ARMS = ("scratch", "cwus", "pixel")
-METRICS = {"busi": ("accuracy", "macro_f1", "auc"), "hc18": ("dice", "iou", "hd95")}
+METRICS = {"busi": ("accuracy", "macro_f1", "roc_auc"), "hc18": ("mean_dice", "mean_iou", "hd95")}
 BEGIN, END = "<!-- study:begin (written by scripts/study.py report) -->", "<!-- study:end -->"
 
 
@@ -696,38 +568,68 @@ def _plot_pretraining(out: Path, recon: list[dict], probe: list[dict], path: Pat
     plt.close(fig)
 
 
-def cmd_report(args: argparse.Namespace) -> None:
-    out, docs = Path(args.out), Path(args.docs)
-    images = docs / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(p.read_text()) for p in sorted((out / "finetune").glob("*.json"))]
-    recon, probe = _jsonl(out / "recon.jsonl"), _jsonl(out / "probe.jsonl")
-    lines = [BEGIN, ""]
-    if runs:
-        _plot_fractions(runs, images / "study_label_fraction.png")
-    if recon or probe:
-        _plot_pretraining(out, recon, probe, images / "study_pretraining.png")
-    # fine-tuning table
-    lines += ["### Fine-tuning (test split, mean ± sample standard deviation over seeds)", ""]
+def _n_train(datalist: Path, fraction: float) -> int:
+    """Training images a bundle keeps at ``fraction``: ceil(fraction * n) per class (BUSI) or overall (HC18)."""
+    train = json.loads(datalist.read_text())["training"]
+    if isinstance(train[0]["label"], str) and not train[0]["label"].endswith(".png"):
+        counts = Counter(r["label"] for r in train)
+        return sum(math.ceil(fraction * n) for n in counts.values())
+    return math.ceil(fraction * len(train))
+
+
+def bundle_runs(ft_dir: Path) -> list[dict]:
+    """One row per finished fine-tuning run: the bundle's ``settings.json`` and its test ``metrics.json``."""
+    rows = []
+    for m in sorted(ft_dir.glob("*/metrics.json")):
+        task, arm, _, _ = m.parent.name.split("_")
+        s, metrics = json.loads((m.parent / "settings.json").read_text()), json.loads(m.read_text())
+        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        rows.append({"task": task, "arm": arm, "fraction": float(s["label_fraction"]), "seed": int(s["seed"]),
+                     "n_train": _n_train(ft_dir.parent / f"datalist_{task}.json", float(s["label_fraction"])),
+                     **{f"test_{k}": v for k, v in flat.items()}})  # fmt: skip
+    return rows
+
+
+def _tables(runs: list[dict]) -> list[str]:
+    """Markdown tables, one per task: arms x label fractions, mean ± sd over seeds of the test metrics."""
+    lines = []
     for task, title in (("busi", "BUSI 3-class classification"), ("hc18", "HC18 fetal-head segmentation")):
         ms = METRICS[task]
-        unit = {"hd95": "HD95 (px, lower is better)"}
+        unit = {"hd95": "HD95 (px, lower is better)", "roc_auc": "AUC (macro one-vs-rest)"}
         lines += [f"**{title}**", "", "| arm | labels | n train | seeds | " + " | ".join(unit.get(m, m) for m in ms)
                   + " |", "|---|---|---|---|" + "---|" * len(ms)]  # fmt: skip
         for frac in (0.1, 1.0):
             for arm in ARMS:
                 sel = [r for r in runs if r["task"] == task and r["arm"] == arm and r["fraction"] == frac]
                 if not sel:
-                    lines.append(f"| {arm} | {frac:.0%} | | 0 | " + " | ".join("(running)" for _ in ms) + " |")
+                    lines.append(f"| {arm} | {frac:.0%} | | 0 | " + " | ".join("(not run)" for _ in ms) + " |")
                     continue
                 cells = [_ms([r[f"test_{m}"] for r in sel], 2 if m == "hd95" else 3) for m in ms]
                 lines.append(f"| {arm} | {frac:.0%} | {sel[0]['n_train']} | {len(sel)} | " + " | ".join(cells) + " |")
         lines.append("")
-        val = {arm: [r for r in runs if r["task"] == task and r["arm"] == arm] for arm in ARMS}
-        if all(val.values()):
-            key = "val_macro_f1" if task == "busi" else "val_dice"
-            lines += ["Validation " + key.removeprefix("val_") + " (all fractions and seeds pooled): "
-                      + ", ".join(f"{a} {np.mean([r[key] for r in v]):.3f}" for a, v in val.items()), ""]  # fmt: skip
+    return lines
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out, docs = Path(args.out), Path(args.docs)
+    images = docs / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    runs = bundle_runs(out / "ft")
+    recon, probe = _jsonl(out / "recon.jsonl"), _jsonl(out / "probe.jsonl")
+    lines = [BEGIN, ""]
+    if runs:
+        _plot_fractions(runs, images / "study_label_fraction.png")
+    if recon or probe:
+        _plot_pretraining(out, recon, probe, images / "study_pretraining.png")
+    lines += ["### Fine-tuning through the bundles (test split, mean ± sample standard deviation over seeds)", ""]
+    lines += _tables(runs)
+    renamed = {"test_auc": "test_roc_auc", "test_dice": "test_mean_dice", "test_iou": "test_mean_iou"}
+    old = [json.loads(p.read_text()) for p in sorted((out / "finetune_step264").glob("*.json"))]
+    old = [{**r, **{new: r[k] for k, new in renamed.items() if k in r}} for r in old]
+    if old:
+        lines += ["### For comparison only: the previous run (encoders at step 264 of 880, private fine-tuning "
+                  "script, 40 steps, last model, no validation selection)", ""]  # fmt: skip
+        lines += _tables(old)
     if runs:
         lines += ["![label fraction vs metrics](images/study_label_fraction.png)", ""]
     # reconstruction
@@ -798,17 +700,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--random_seeds", type=int, default=3)
     p.add_argument("--checkpoints", type=int, default=6, help="checkpoints per run, spread over its steps")
-    p = sub.add_parser("finetune")
-    p.add_argument("--task", choices=("busi", "hc18"), required=True)
-    p.add_argument("--arm", choices=("scratch", "cwus", "pixel"), required=True)
-    p.add_argument("--fraction", type=float, nargs="+", default=[1.0])
-    p.add_argument("--seed", type=int, nargs="+", default=[0])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch", type=int, default=24)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--head_lr", type=float, default=1e-3)
-    p.add_argument("--force", action="store_true")
+    sub.add_parser("datalists")
     p = sub.add_parser("report")
     p.add_argument("--docs", default="docs")
     args = ap.parse_args(argv)

@@ -10,9 +10,8 @@ PY="${PY:-$PWD/.venv/bin/python}"
 OUT="${OUT:-study_out}"
 DATA="${DATA:-../shared/data}"
 STEPS="${STEPS:-880}"         # pretraining LR schedule length (optimiser steps) per target
-STOP_STEP="${STOP_STEP:-264}" # ... stopped at this step (an epoch end, 12 x 22 steps): what the session allowed
-FT_STEPS="${FT_STEPS:-40}"    # fine-tuning optimiser steps per run
-JOBS="${JOBS:-4}"             # fine-tuning processes in parallel
+STOP_STEP="${STOP_STEP:-$STEPS}" # stop both runs at this step (an epoch end; default: the end of the schedule)
+JOBS="${JOBS:-2}"             # fine-tuning processes in parallel (one per core)
 S="$PY scripts/study.py --data $DATA --out $OUT"
 
 [ -f "$OUT/split_busi.json" ] || $S split --seed 0
@@ -32,7 +31,7 @@ pretrain() {  # $1 = target
       --network_def#depth 6 --network_def#num_heads 3 --target "$1" --img_size 64 --tubelet "[2,8,8]" \
       --mask_ratio_image 0.75 --decoder_depth 2 --decoder_dim 128 --crop_scale "[0.5,1.0]" --batch_size 32 \
       --max_steps "$STEPS" --max_epochs 1000 --warmup_epochs 3 --base_lr 0.012 --num_workers 0 --amp none \
-      --log_every 20 --checkpoint_every 0 --keep_last 1000 --preview_every 0 --tensorboard false) > "$run/train.log" 2>&1 &
+      --log_every 20 --checkpoint_every 0 --keep_last 1000 --preview_every 0 --tensorboard false) >> "$run/train.log" 2>&1 &
   local pid=$!
   # the checkpoint of STOP_STEP is deterministic (CPU, fixed seeds; the trainer resumes bit-exactly), so stopping
   # the run once it exists reproduces the study's encoders
@@ -46,10 +45,33 @@ pretrain() {  # $1 = target
 wait
 [ "${STAGE:-all}" = pretrain ] && exit 0
 
-$S recon "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 6 --images
-$S probe "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 4
-# one process per (task, arm, fraction) running its 3 seeds; JOBS of them at once
-for arm in scratch cwus pixel; do for task in busi hc18; do for frac in 0.1 1; do
-  echo "$S finetune --task $task --arm $arm --fraction $frac --seed 0 1 2 --steps $FT_STEPS"
-done; done; done | xargs -P "$JOBS" -I{} sh -c '{}'
+[ "${STAGE:-all}" = finetune ] || $S recon "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 6 --images
+[ "${STAGE:-all}" = finetune ] || $S probe "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 4
+# fine-tuning through the project's bundles, on the study's grouped splits (JSON data lists). Every arm gets the
+# same encoder (tiny width, 6 blocks, patch 8, 64 px) and inputs in [0, 1] as in pretraining (intensity mean 0,
+# std 1). Budget fixed in advance, about 40 optimiser steps of batch 24: 100 % of the labels 3 epochs (BUSI) /
+# 4 epochs (HC18), 10 % 20 epochs; model.pt is the best validation epoch; evaluate writes the test metrics.json.
+$S datalists
+ft() {  # $1 task, $2 arm, $3 label fraction, $4 seed
+  local task=$1 arm=$2 frac=$3 seed=$4 bundle=classification epochs=20 val=5 pre=none dir
+  dir="$PWD/$OUT/ft/${task}_${arm}_f${frac}_s${seed}"
+  [ -f "$dir/metrics.json" ] && return 0
+  [ "$task" = hc18 ] && bundle=segmentation
+  [ "$frac" = 1 ] && { epochs=3; val=1; [ "$task" = hc18 ] && epochs=4; }
+  [ "$arm" = scratch ] || pre="$PWD/$OUT/pretrain_$arm/checkpoints/checkpoint_step$(printf '%08d' "$STOP_STEP").pt"
+  mkdir -p "$dir"
+  (cd "bundles/ultramae_$bundle" && $PY -m monai.bundle run --config_file configs/train.json \
+      --dataset_dir "$PWD/../../$OUT/datalist_$task.json" --pretrained "$pre" --preset tiny --tubelet "[2,8,8]" \
+      --encoder_options "{'embed_dim': 192, 'depth': 6, 'num_heads': 3}" --img_size 64 \
+      --intensity "{'mean': 0.0, 'std': 1.0}" --batch_size 24 --max_epochs "$epochs" --val_interval "$val" \
+      --label_fraction "$frac" --seed "$seed" --num_workers 0 --output_dir "$dir" \
+    && $PY -m monai.bundle run --config_file configs/evaluate.json --ckpt "$dir/model.pt" --num_workers 0) \
+    > "$dir/run.log" 2>&1
+}
+export -f ft
+export PY OUT STOP_STEP
+# seeds outermost, so an interrupted study has whole seeds; JOBS runs at once
+for seed in 0 1 2; do for arm in ${ARMS:-scratch cwus pixel}; do for task in busi hc18; do for frac in 0.1 1; do
+  echo "$task $arm $frac $seed"
+done; done; done; done | xargs -P "$JOBS" -L 1 bash -c 'ft "$@"' _
 $S report
