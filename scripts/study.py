@@ -318,7 +318,7 @@ def cmd_recon(args: argparse.Namespace) -> None:
                 load_checkpoint_model(ckpts[-1])[0], ds, Path(args.docs) / "images" / f"study_recon_{target}.png"
             )
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "recon.jsonl").open("a") as f:
+    with (out / "recon.jsonl").open("w") as f:  # a re-run replaces the measurements
         for r in rows:
             f.write(json.dumps(r) + "\n")
 

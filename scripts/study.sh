@@ -48,10 +48,15 @@ wait
 [ "${STAGE:-all}" = finetune ] || $S recon "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 6 --images
 [ "${STAGE:-all}" = finetune ] || $S probe "$OUT/pretrain_cwus" "$OUT/pretrain_pixel" --checkpoints 4
 # fine-tuning through the project's bundles, on the study's grouped splits (JSON data lists). Every arm gets the
-# same encoder (tiny width, 6 blocks, patch 8, 64 px) and inputs in [0, 1] as in pretraining (intensity mean 0,
-# std 1). Budget fixed in advance, about 40 optimiser steps of batch 24: 100 % of the labels 3 epochs (BUSI) /
+# same encoder (tiny width, 6 blocks, patch 8, 64 px) and the pretraining's input intensity (below).
+# Budget fixed in advance, about 40 optimiser steps of batch 24: 100 % of the labels 3 epochs (BUSI) /
 # 4 epochs (HC18), 10 % 20 epochs; model.pt is the best validation epoch; evaluate writes the test metrics.json.
 $S datalists
+# Fine-tuning inputs follow pretraining: a checkpoint that records its input intensity (today's pretraining
+# bundle) is normalised as it records (the bundles read it); the study's step-880 checkpoints predate that record
+# and were pretrained on [0, 1], so every arm then gets mean 0, std 1. (Our own files: read without weights_only.)
+ck="$OUT/pretrain_cwus/checkpoints/checkpoint_step$(printf '%08d' "$STOP_STEP").pt"
+INTENSITY="$($PY -c "import sys, torch; m = torch.load(sys.argv[1], map_location='cpu', weights_only=False).get('meta') or {}; print('' if 'intensity' in m else \"{'mean': 0.0, 'std': 1.0}\")" "$ck")"
 ft() {  # $1 task, $2 arm, $3 label fraction, $4 seed
   local task=$1 arm=$2 frac=$3 seed=$4 bundle=classification epochs=20 val=5 pre=none dir
   dir="$PWD/$OUT/ft/${task}_${arm}_f${frac}_s${seed}"
@@ -63,13 +68,13 @@ ft() {  # $1 task, $2 arm, $3 label fraction, $4 seed
   (cd "bundles/ultramae_$bundle" && $PY -m monai.bundle run --config_file configs/train.json \
       --dataset_dir "$PWD/../../$OUT/datalist_$task.json" --pretrained "$pre" --preset tiny --tubelet "[2,8,8]" \
       --encoder_options "{'embed_dim': 192, 'depth': 6, 'num_heads': 3}" --img_size 64 \
-      --intensity "{'mean': 0.0, 'std': 1.0}" --batch_size 24 --max_epochs "$epochs" --val_interval "$val" \
+      ${INTENSITY:+--intensity "$INTENSITY"} --batch_size 24 --max_epochs "$epochs" --val_interval "$val" \
       --label_fraction "$frac" --seed "$seed" --num_workers 0 --output_dir "$dir" \
     && $PY -m monai.bundle run --config_file configs/evaluate.json --ckpt "$dir/model.pt" --num_workers 0) \
     > "$dir/run.log" 2>&1
 }
 export -f ft
-export PY OUT STOP_STEP
+export PY OUT STOP_STEP INTENSITY
 # seeds outermost, so an interrupted study has whole seeds; JOBS runs at once
 for seed in 0 1 2; do for arm in ${ARMS:-scratch cwus pixel}; do for task in busi hc18; do for frac in 0.1 1; do
   echo "$task $arm $frac $seed"
