@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtual environment in .venv. Sourced by demo.sh and test.sh.
+# Create (or refresh) the project's virtual environment in .venv (or $ULTRAMAE_VENV) with the extras given as $1.
+# Sourced by demo.sh, test.sh and venv_deploy.sh.
 # On a machine without an NVIDIA GPU it installs the CPU build of torch, never the CUDA stack.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
