@@ -14,9 +14,12 @@ MFU is the FLOPs counted by ``torch.utils.flop_counter`` per step over the step 
 datasheet dense bf16 peak (``--peak-tflops``, 989 for an H100/H200 SXM) and against a large bf16 matrix
 product measured in the same run. On a CPU, fp32 only and no MFU.
 
+Without ``--configs`` a CUDA run measures the table of docs/benchmarks.md (:data:`CUDA_CONFIGS`: fp32 against
+fp32 first, then bf16 by batch, then compiled); the summary names both comparisons with MONAI, **fp32 against
+fp32** (same precision, same options) and **best against best** (each model's fastest configuration).
+
     python benchmarks/bench_network.py --device cpu --configs ultramae:fp32:8 monai:fp32:8 --steps 3
-    python benchmarks/bench_network.py --device cuda --configs ultramae:bf16:128 ultramae:bf16:128:fused \\
-        ultramae:bf16:512:fused:compile monai:bf16:128 ultramae:fp32:128 monai:fp32:128
+    python benchmarks/bench_network.py --device cuda --json network.json
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ import time
 from pathlib import Path
 
 import torch
+
+CPU_CONFIGS = ["ultramae:fp32:8", "monai:fp32:8"]
+CUDA_CONFIGS = [
+    "ultramae:fp32:128:fused", "monai:fp32:128:fused",  # fp32 against fp32: same batch, same optimiser
+    "ultramae:bf16:128", "ultramae:bf16:128:fused", "ultramae:bf16:512:fused", "ultramae:bf16:1024:fused",
+    "monai:bf16:128:fused",  # fails under autocast; retried in fp32 and marked
+    "ultramae:bf16:512:fused:compile", "ultramae:bf16:1024:fused:compile",
+]  # fmt: skip
 
 
 def build(name: str, size: str) -> torch.nn.Module:
@@ -141,11 +152,44 @@ def run_config(args: argparse.Namespace, config: str) -> dict:
     return {"config": config, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def compare(rows: list[dict]) -> list[str]:
+    """UltraMAE against MONAI, said twice: fp32 against fp32 (same batch and options), and best against best.
+
+    A MONAI row that ran in fp32 after bf16 failed counts as fp32 (its config says bf16, its note says why).
+    """
+
+    def key(row: dict) -> tuple[str, str, int, tuple[str, ...]]:
+        name, precision, batch, *options = row["config"].split(":")
+        return name, "fp32" if "note" in row else precision, int(batch), tuple(sorted(options))
+
+    done = [r for r in rows if "images_per_s" in r]
+    lines = []
+    fp32 = {key(r)[2:]: r for r in done if key(r)[:2] == ("monai", "fp32")}
+    for ours in (r for r in done if key(r)[:2] == ("ultramae", "fp32")):
+        theirs = fp32.get(key(ours)[2:])
+        if theirs is not None:
+            lines.append(
+                f"fp32 against fp32 ({ours['config']} vs {theirs['config']}{' run in fp32' if 'note' in theirs else ''}): "
+                f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} images/s = "
+                f"{ours['images_per_s'] / theirs['images_per_s']:.2f}x"
+            )
+    best = {m: max((r for r in done if key(r)[0] == m), key=lambda r: r["images_per_s"], default=None)
+            for m in ("ultramae", "monai")}  # fmt: skip
+    if best["ultramae"] and best["monai"]:
+        ours, theirs = best["ultramae"], best["monai"]
+        lines.append(
+            f"best against best ({ours['config']} vs {theirs['config']}{' run in fp32' if 'note' in theirs else ''}): "
+            f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} images/s = "
+            f"{ours['images_per_s'] / theirs['images_per_s']:.2f}x"
+        )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", default="base", choices=["base", "small", "tiny", "micro"])
-    p.add_argument("--configs", nargs="+", default=["ultramae:fp32:8", "monai:fp32:8"])
+    p.add_argument("--configs", nargs="+", help="model:precision:batch[:options] (default: by device, see above)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300.0)
@@ -159,6 +203,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu")
     cuda = args.device == "cuda"
+    args.configs = args.configs or (CUDA_CONFIGS if cuda else CPU_CONFIGS)
     device_name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     measured_peak = matmul_peak_tflops(torch.device("cuda")) if cuda else None
     rows = []
@@ -192,9 +237,13 @@ def main() -> None:
             f"| {r['config']}{' (' + r['note'] + ')' if 'note' in r else ''} | {r['images_per_s']:.1f} | "
             f"{r['step_s']:.4f} | {r['peak_mib']:.0f} | {r['flops'] / 1e12:.3f} | {mfu} |"
         )
+    summary = compare(rows)
+    for line in summary:
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
-                                         "matmul_peak_tflops": measured_peak, "rows": rows}, indent=2))  # fmt: skip
+                                         "matmul_peak_tflops": measured_peak, "rows": rows, "comparison": summary},
+                                        indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

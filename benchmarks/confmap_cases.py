@@ -27,3 +27,15 @@ def cases() -> list[tuple[str, np.ndarray, float]]:
         ("HC18 540x800", grey(hc), 0.05),
         ("HC18 768x1024 (resized)", grey(hc, (1024, 768)), 0.05),
     ]
+
+
+def device_batch(batch: int, images: Path | None = None, size: int = 224) -> np.ndarray:
+    """``batch`` real images ``(B, size, size)`` float64 from ``images`` (an ``(N, H, W)`` .npy), else HC18 and
+    BUSI alternating; repeated when the batch is larger than the pool."""
+    if images is not None:
+        pool = list(np.load(images))
+    else:
+        hc = sorted((DATA / "hc18" / "images").glob("*_HC.png"))[:8]
+        busi = sorted((DATA / "busi").glob("*/*).png"))[:8]
+        pool = [grey(p, (size, size)) for pair in zip(hc, busi, strict=True) for p in pair]
+    return np.stack([pool[i % len(pool)] for i in range(batch)]).astype(np.float64)

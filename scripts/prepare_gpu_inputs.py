@@ -7,7 +7,9 @@ Usage: ``python scripts/prepare_gpu_inputs.py [--out .gpu] [--volume-reference]`
 * ``us256_pool.npz``: 400 real stills at 256 x 256, uint8, from which the end-to-end benchmark synthesizes a set;
 * ``Case3_US-before.nii.gz``: the RESECT volume (CC BY 4.0, Xiao et al. 2017), copied;
 * with ``--volume-reference``: ``resect_case3_map_sub4.npy``, its CPU map at every 4th voxel (40 minutes on
-  2 cores).
+  2 cores);
+* ``before/``: the package at ``--before`` (default ``897a9f5``, the device solver before the two-block
+  fronts), unpacked from git, for ``bench_confmap_before_after.py --before-tree`` on the GPU machine.
 
 The folder is git-ignored (list it in ``.git/info/exclude``) and travels to the GPU machine with ``carry``.
 """
@@ -15,7 +17,10 @@ The folder is git-ignored (list it in ``.git/info/exclude``) and travels to the 
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(".gpu"))
     ap.add_argument("--volume-reference", action="store_true", help="also compute the 3D CPU reference (slow)")
+    ap.add_argument("--before", default="897a9f5", help="git revision unpacked into OUT/before")
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"error: {DATA} not found: the inputs are made from ../shared/data")
@@ -53,6 +59,10 @@ def main() -> None:
 
         vol = np.asarray(nib.load(str(volume)).dataobj, dtype=np.float32)
         np.save(args.out / "resect_case3_map_sub4.npy", confidence_map(vol)[::4, ::4, ::4])
+    archive = subprocess.run(["git", "archive", args.before, "ultramae_monai"], capture_output=True, check=True)
+    shutil.rmtree(args.out / "before", ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(args.out / "before", filter="data")
     print(f"wrote {sorted(p.name for p in args.out.iterdir())} to {args.out}")
 
 

@@ -181,7 +181,9 @@ class DeviceMapSolver:
                     self._pipeline(static_in, static_fov)
             torch.cuda.current_stream(images.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # captured on the warm-up stream, whose library handles and workspaces already exist; thread-local
+            # so that a DataLoader's pin-memory thread touching CUDA meanwhile does not void the capture
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 maps, est, ok, _ = self._pipeline(static_in, static_fov)
         except RuntimeError as err:  # a library call that cannot be captured: run eagerly from now on
             self.refusal = str(err).splitlines()[0][:300]

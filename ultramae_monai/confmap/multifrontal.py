@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from ultramae_monai.confmap.cpu_engine import ENGINE
-from ultramae_monai.confmap.multifrontal_symbolic import Symbolic, symbolic
+from ultramae_monai.confmap.multifrontal_symbolic import Level, Symbolic, symbolic
 from ultramae_monai.confmap.refine import pcg_refine
 from ultramae_monai.errors import InvalidInputError
 
@@ -40,14 +40,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class _LevelMaps:
-    """One level's index arrays on a device (see :class:`~.multifrontal_symbolic.Level`)."""
+    """One level's index arrays on a device, for fronts stored as two blocks (see :func:`factorize`).
+
+    ``asm_dst``, ``pad_diag`` and the ``panel`` children entries are flat positions in the level's
+    ``(nb, S + R, S)`` panels (the front's first ``S`` columns); the ``update`` children entries are flat
+    positions in its ``(nb, R, R)`` ring blocks. Children entries are ``(child level, src, dst)`` with
+    ``src`` flat into the child level's ``(nb_c, R_c, R_c)`` update matrices.
+    """
 
     elim: torch.Tensor
     ring: torch.Tensor
     asm_src: torch.Tensor
     asm_dst: torch.Tensor
     pad_diag: torch.Tensor
-    children: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
+    panel: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
+    update: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
+
+
+def _split(lv: Level, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat lower-triangle positions in ``(nb, m, m)`` fronts -> (in the panel?, panel position, ring position)."""
+    s_, r_ = lv.S, lv.R
+    m = s_ + r_
+    t, p, q = flat // (m * m), flat % (m * m) // m, flat % m
+    in_panel = q < s_
+    return in_panel, (t * m + p) * s_ + q, (t * max(r_, 1) + p - s_) * max(r_, 1) + q - s_
 
 
 @lru_cache(maxsize=16)
@@ -57,17 +73,21 @@ def _maps(sym: Symbolic, device: str) -> tuple[_LevelMaps, ...]:
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.int64, device=device)
 
-    return tuple(
-        _LevelMaps(
-            t(lv.elim),
-            t(lv.ring),
-            t(lv.asm_src),
-            t(lv.asm_dst),
-            t(lv.pad_diag),
-            tuple((c, t(s), t(d)) for c, s, d in lv.children),
+    out = []
+    for lv in sym.levels:
+        in_asm, asm_dst, _ = _split(lv, lv.asm_dst)
+        _, pad_diag, _ = _split(lv, lv.pad_diag)
+        if not in_asm.all():  # every stencil entry couples at least one eliminated node
+            raise AssertionError("stencil entry outside the front's panel")
+        panel, update = [], []
+        for c, src, dst in lv.children:
+            in_panel, at_panel, at_ring = _split(lv, dst)
+            panel.append((c, t(src[in_panel]), t(at_panel[in_panel])))
+            update.append((c, t(src[~in_panel]), t(at_ring[~in_panel])))
+        out.append(
+            _LevelMaps(t(lv.elim), t(lv.ring), t(lv.asm_src), t(asm_dst), t(pad_diag), tuple(panel), tuple(update))
         )
-        for lv in sym.levels
-    )
+    return tuple(out)
 
 
 def csr_to_stencil(mat: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
@@ -112,19 +132,20 @@ class MultifrontalFactor:
 _SCHUR_BLOCK = 128  # update blocks up to this size are formed whole
 
 
-def _schur_lower_(f22: torch.Tensor, l21: torch.Tensor) -> torch.Tensor:
-    """``f22 -= l21 l21^T`` in place on the lower triangle only, by recursive 2 x 2 blocking.
+def _schur_lower_(f22: torch.Tensor, l21: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """``f22 = beta f22 - l21 l21^T`` in place on the lower triangle only, by recursive 2 x 2 blocking.
 
     Only the lower triangle of an update matrix is ever read, so the strictly upper off-diagonal blocks
     are skipped: about half the flops of one batched GEMM for large fronts (no batched SYRK in torch).
+    With ``beta = 0``, ``f22`` may hold anything (uninitialised memory): it is not read.
     """
     r = f22.shape[-1]
     if r <= _SCHUR_BLOCK:
-        return f22.baddbmm_(l21, l21.mT, alpha=-1.0)
+        return f22.baddbmm_(l21, l21.mT, beta=beta, alpha=-1.0)
     h = r // 2
-    _schur_lower_(f22[:, :h, :h], l21[:, :h])
-    f22[:, h:, :h].baddbmm_(l21[:, h:], l21[:, :h].mT, alpha=-1.0)
-    _schur_lower_(f22[:, h:, h:], l21[:, h:])
+    _schur_lower_(f22[:, :h, :h], l21[:, :h], beta)
+    f22[:, h:, :h].baddbmm_(l21[:, h:], l21[:, :h].mT, beta=beta, alpha=-1.0)
+    _schur_lower_(f22[:, h:, h:], l21[:, h:], beta)
     return f22
 
 
@@ -150,26 +171,37 @@ def factorize(
     inverted: list[bool] = []
     bad = torch.zeros((), dtype=torch.bool, device=device)
     for k, (lv, mp) in enumerate(zip(sym.levels, maps, strict=True)):
-        s_, m = lv.S, lv.S + lv.R
-        front = flat.new_zeros(batch, lv.nb * m * m)
-        front[:, mp.asm_dst] = flat[:, mp.asm_src]
-        front[:, mp.pad_diag] = 1.0
-        for c, csrc, cdst in mp.children:
-            front.index_add_(1, cdst, updates[c].reshape(batch, -1)[:, csrc])
+        s_, r_, m = lv.S, lv.R, lv.S + lv.R
+        # the front in two blocks: the panel [F11; F21] (its first S columns, where the stencil entries
+        # go) and F22 (ring x ring, which only the children's updates reach). F22 is never assembled:
+        # this level's update is written as -L21 L21^T into fresh memory and the children's entries
+        # that fall into F22 (a quarter of it) are added to it, so no ring block is zero-filled or copied
+        panel = flat.new_zeros(batch, lv.nb * m * s_)
+        panel[:, mp.asm_dst] = flat[:, mp.asm_src]
+        panel[:, mp.pad_diag] = 1.0
+        to_update = []
+        for (c, psrc, pdst), (_, usrc, udst) in zip(mp.panel, mp.update, strict=True):
+            child = updates[c].reshape(batch, -1)
+            panel.index_add_(1, pdst, child[:, psrc])
+            if r_ and len(udst):
+                to_update.append((udst, child[:, usrc]))
             if last_use[c] == k:
                 del updates[c]
-        front = front.view(batch * lv.nb, m, m)
-        l11, info = torch.linalg.cholesky_ex(front[:, :s_, :s_])
+        panel = panel.view(batch * lv.nb, m, s_)
+        l11, info = torch.linalg.cholesky_ex(panel[:, :s_])
         bad |= (info != 0).any()
         invert = s_ <= invert_below
         d11 = torch.linalg.inv_ex(l11)[0] if invert else l11
         l21 = None
-        if lv.R:
+        if r_:
             if invert:
-                l21 = front[:, s_:, :s_] @ d11.mT
+                l21 = panel[:, s_:] @ d11.mT
             else:
-                l21 = torch.linalg.solve_triangular(l11.mT, front[:, s_:, :s_], upper=True, left=False)
-            updates[k] = _schur_lower_(front[:, s_:, s_:], l21).contiguous()
+                l21 = torch.linalg.solve_triangular(l11.mT, panel[:, s_:], upper=True, left=False)
+            update = _schur_lower_(flat.new_empty(batch * lv.nb, r_, r_), l21, beta=0.0)
+            for udst, values in to_update:
+                update.view(batch, -1).index_add_(1, udst, values)
+            updates[k] = update
         blocks.append((d11, l21))
         inverted.append(invert)
     if check and bool(bad):
