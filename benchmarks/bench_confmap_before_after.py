@@ -163,7 +163,7 @@ def main() -> None:
         text = doc.read_text()
         pattern = re.compile(rf"{re.escape(heading)}\n.*?(?=\n### |\n## |\Z)", re.S)
         anchor = "### 3D confidence map on the GPU" if args.device_batch else "### Multifrontal solver"
-        text = pattern.sub(table.rstrip("\n"), text) if pattern.search(text) else text.replace(
+        text = pattern.sub(table.rstrip("\n") + "\n", text) if pattern.search(text) else text.replace(
             anchor, table + "\n" + anchor, 1)  # fmt: skip
         doc.write_text(text)
 
