@@ -79,9 +79,9 @@ print(json.dumps({f"batch {batch} at 224 px ({device.type})": sorted(times)[1]})
 
 def _time_tree(tree: Path, maps: Path, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": ""}
-    cmd = [sys.executable, "-c", CHILD, str(REPO / "benchmarks"), str(tree), str(maps)]
+    child = DEVICE_CHILD if args.device_batch else CHILD
+    cmd = [sys.executable, "-c", child, str(REPO / "benchmarks"), str(tree), str(maps)]
     if args.device_batch:
-        cmd = [sys.executable, "-c", DEVICE_CHILD, str(REPO / "benchmarks"), str(tree), str(maps)]
         cmd += [str(maps.parent / "input_batch.npy"), args.device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

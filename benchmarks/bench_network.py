@@ -162,26 +162,24 @@ def compare(rows: list[dict]) -> list[str]:
         name, precision, batch, *options = row["config"].split(":")
         return name, "fp32" if "note" in row else precision, int(batch), tuple(sorted(options))
 
+    def line(reading: str, ours: dict, theirs: dict) -> str:
+        fallback = " run in fp32" if "note" in theirs else ""
+        a, b = ours["images_per_s"], theirs["images_per_s"]
+        return (
+            f"{reading} ({ours['config']} vs {theirs['config']}{fallback}): {a:.1f} / {b:.1f} images/s = {a / b:.2f}x"
+        )
+
     done = [r for r in rows if "images_per_s" in r]
-    lines = []
     fp32 = {key(r)[2:]: r for r in done if key(r)[:2] == ("monai", "fp32")}
-    for ours in (r for r in done if key(r)[:2] == ("ultramae", "fp32")):
-        theirs = fp32.get(key(ours)[2:])
-        if theirs is not None:
-            lines.append(
-                f"fp32 against fp32 ({ours['config']} vs {theirs['config']}{' run in fp32' if 'note' in theirs else ''}): "
-                f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} images/s = "
-                f"{ours['images_per_s'] / theirs['images_per_s']:.2f}x"
-            )
+    lines = [
+        line("fp32 against fp32", ours, fp32[key(ours)[2:]])
+        for ours in done
+        if key(ours)[:2] == ("ultramae", "fp32") and key(ours)[2:] in fp32
+    ]
     best = {m: max((r for r in done if key(r)[0] == m), key=lambda r: r["images_per_s"], default=None)
             for m in ("ultramae", "monai")}  # fmt: skip
     if best["ultramae"] and best["monai"]:
-        ours, theirs = best["ultramae"], best["monai"]
-        lines.append(
-            f"best against best ({ours['config']} vs {theirs['config']}{' run in fp32' if 'note' in theirs else ''}): "
-            f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} images/s = "
-            f"{ours['images_per_s'] / theirs['images_per_s']:.2f}x"
-        )
+        lines.append(line("best against best", best["ultramae"], best["monai"]))
     return lines
 
 
